@@ -1,0 +1,219 @@
+"""The FastHTML app: the page and the JSON/HTMX API of DESIGN.md. `python app.py` serves it on PORT."""
+import asyncio
+import json
+import logging
+import os
+import secrets
+from pathlib import Path
+from urllib.parse import parse_qs
+
+from fasthtml.common import FastHTML, serve, to_xml
+from starlette.datastructures import Headers
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Mount
+from starlette.staticfiles import StaticFiles
+
+import ui
+from config import Settings, load_settings
+from openai_client import OpenAIError, OpenAIGateway, WebhookNotConfigured, WebhookRejected
+from store import StoreUnavailable, store_for, store_kind
+from tasks import QueueRefused, TaskService, task_json
+
+log = logging.getLogger("app")
+STATIC_DIR = Path(__file__).parent / "static"
+WEBHOOK_MAX_BYTES = 1024 * 1024
+RECENT_TASKS = 20
+
+
+class BadRequest(Exception):
+    def __init__(self, status: int, message: str, kind: str = "invalid_request"):
+        super().__init__(message)
+        self.status, self.message, self.kind = status, message, kind
+
+
+def wants_html(request: Request) -> bool: return "hx-request" in request.headers
+
+
+def json_error(status: int, message: str, kind: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status, headers=headers)
+
+
+def fragment(ft, status: int = 200, headers: dict | None = None) -> HTMLResponse:
+    return HTMLResponse(to_xml(ft), status_code=status, headers=headers)
+
+
+def error_response(request: Request, status: int, message: str, kind: str, headers: dict | None = None) -> Response:
+    "The contract's JSON error, or for htmx the message in the form's error slot."
+    if wants_html(request):
+        return fragment(ui.form_error(message), status,
+                        {**(headers or {}), "HX-Retarget": "#form-error", "HX-Reswap": "outerHTML"})
+    return json_error(status, message, kind, headers)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    "The request body, refused with 413 as soon as it is known to exceed `limit` bytes."
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise BadRequest(413, f"The request body is over {limit} bytes: send a shorter prompt", "request_too_large")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise BadRequest(413, f"The request body is over {limit} bytes: send a shorter prompt", "request_too_large")
+    return bytes(body)
+
+
+async def _multipart_fields(headers: Headers, body: bytes, limit: int) -> dict:
+    async def chunks(): yield body
+    try: form = await MultiPartParser(headers, chunks(), max_part_size=limit).parse()
+    except MultiPartException as exc: raise BadRequest(400, f"Malformed multipart body: {exc.message}")
+    return {key: value for key, value in form.items() if isinstance(value, str)}
+
+
+async def parse_fields(request: Request, limit: int) -> dict:
+    "Fields of a urlencoded, multipart or JSON body, as strings."
+    body = await read_body(request, limit)
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "application/json":
+        try: data = json.loads(body or b"null")
+        except (ValueError, UnicodeDecodeError): raise BadRequest(400, "The body is not valid JSON", "invalid_json")
+        if not isinstance(data, dict): raise BadRequest(400, 'Send a JSON object such as {"prompt": "..."}', "invalid_json")
+        return data
+    if content_type == "application/x-www-form-urlencoded":
+        try: return {k: v[0] for k, v in parse_qs(body.decode(), keep_blank_values=True).items()}
+        except UnicodeDecodeError: raise BadRequest(400, "The form body is not valid UTF-8")
+    if content_type == "multipart/form-data": return await _multipart_fields(request.headers, body, limit)
+    raise BadRequest(415, "Send the prompt as JSON, a urlencoded form or multipart form data "
+                          f"(got content type {content_type or 'none'!r})", "unsupported_media_type")
+
+
+def text_field(fields: dict, name: str) -> str | None:
+    value = fields.get(name)
+    if value is None: return None
+    if not isinstance(value, str): raise BadRequest(400, f"{name} must be a string")
+    return value
+
+
+async def store_down(request: Request, exc: StoreUnavailable):
+    log.error("store unavailable: %s", exc)
+    return error_response(request, 503, "The task database is unreachable: check DATABASE_URL and that the "
+                                        "database is running, then try again", "store_unavailable")
+
+
+def create_app(settings: Settings | None = None) -> FastHTML:
+    settings = settings or load_settings()
+    if settings.on_vercel and not settings.session_secret:
+        raise SystemExit("SESSION_SECRET is not set: on Vercel sessions need a fixed key. "
+                         "Set it in the project's Environment Variables (e.g. `python -c 'import secrets; print(secrets.token_hex(32))'`)")
+    key_file = Path("data/.sesskey")
+    if not settings.session_secret: key_file.parent.mkdir(exist_ok=True)
+    app = FastHTML(default_hdrs=False, secret_key=settings.session_secret or None, key_fname=str(key_file),
+                   session_cookie="session", same_site="lax", title="Background prompts",
+                   exception_handlers={StoreUnavailable: store_down},
+                   routes=[Mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")])
+    rt = app.route
+    gateway = OpenAIGateway(settings, webhook_target=app)
+    state = {"service": None}
+    ready = asyncio.Lock()
+
+    async def service() -> TaskService:
+        "The task service, its store opened on first use (so it works under any server, and on Vercel)."
+        if state["service"] is None:
+            async with ready:
+                if state["service"] is None:
+                    store = await store_for(settings.database_url).open()
+                    state["service"] = TaskService(store, gateway, settings.reconcile_seconds)
+        return state["service"]
+
+    app.state.settings, app.state.gateway, app.state.service = settings, gateway, service
+
+    def fresh_form():
+        return ui.prompt_form(settings.allowed_models, settings.max_prompt_chars, hx_swap_oob="true")
+
+    def owner_of(session) -> str:
+        if "owner" not in session: session["owner"] = "browser_" + secrets.token_urlsafe(12)
+        return session["owner"]
+
+    @rt("/", methods=["get"])
+    async def index(session):
+        tasks = await (await service()).store.list_for_owner(owner_of(session), RECENT_TASKS)
+        return ui.page(tasks, settings.demo, settings.allowed_models, settings.max_prompt_chars)
+
+    @rt("/api/queue", methods=["post"])
+    async def queue(request: Request, session):
+        try:
+            fields = await parse_fields(request, settings.max_body_bytes)
+            prompt = text_field(fields, "prompt")
+            model = text_field(fields, "model") or settings.model
+            reasoning_effort = text_field(fields, "reasoning_effort") or None
+            key = request.headers.get("idempotency-key") or text_field(fields, "idempotency_key") or None
+            if prompt is None or not prompt.strip(): raise BadRequest(400, "The prompt is empty: write what you want the model to do", "empty_prompt")
+            if len(prompt) > settings.max_prompt_chars:
+                raise BadRequest(413, f"The prompt has {len(prompt)} characters; the limit is {settings.max_prompt_chars} "
+                                      "(MAX_PROMPT_CHARS)", "prompt_too_long")
+            if model not in settings.allowed_models:
+                raise BadRequest(400, f"Unknown model {model[:60]!r}: choose one of {', '.join(settings.allowed_models)}", "unknown_model")
+            if reasoning_effort not in ui.REASONING_EFFORTS[1:] + (None,):
+                raise BadRequest(400, f"Unknown reasoning_effort: choose one of {', '.join(ui.REASONING_EFFORTS[1:])}", "unknown_reasoning_effort")
+            if key is not None and len(key) > 200: raise BadRequest(400, "The idempotency key is over 200 characters")
+        except BadRequest as exc:
+            return error_response(request, exc.status, exc.message, exc.kind)
+        owner = owner_of(session)
+        try:
+            task, _ = await (await service()).queue(owner, prompt, model, reasoning_effort, key)
+        except QueueRefused as refused:
+            exc = refused.error
+            retry = {"Retry-After": exc.retry_after} if exc.retry_after else None
+            if not wants_html(request): return json_error(exc.status, exc.message, exc.kind, retry)
+            return fragment((ui.task_card(refused.task), fresh_form()), exc.status, retry)
+        if wants_html(request):
+            return fragment((ui.task_card(task), fresh_form(), ui.form_error(oob=True)), 202)
+        return JSONResponse(task_json(task), status_code=202, headers={"Location": f"/api/status/{task['id']}"})
+
+    @rt("/api/status/{task_id}", methods=["get"])
+    async def status(request: Request, task_id: str):
+        task = await (await service()).read_quietly(task_id)
+        if task is None:
+            if wants_html(request): return fragment(ui.missing_task(task_id), 404)
+            return json_error(404, f"No task with id {task_id[:80]!r}: check the id returned by POST /api/queue", "not_found")
+        if wants_html(request): return fragment(ui.task_card(task))
+        return JSONResponse(task_json(task))
+
+    @rt("/api/webhook", methods=["post"])
+    async def webhook(request: Request):
+        try:
+            body = await read_body(request, WEBHOOK_MAX_BYTES)
+            webhook_id, event_type, response_id = gateway.unwrap(body, request.headers)
+        except (WebhookRejected, BadRequest) as exc:
+            log.warning("webhook refused: %s", exc)
+            return json_error(400, f"Webhook refused: {exc}", "invalid_webhook")
+        except WebhookNotConfigured as exc:
+            log.error("%s", exc)
+            return json_error(503, str(exc), "webhook_not_configured")
+        try:
+            outcome = await (await service()).handle_webhook(webhook_id, event_type, response_id)
+        except OpenAIError as exc:
+            log.warning("webhook %s not handled, OpenAI will retry: %s", webhook_id, exc.message)
+            return json_error(503, f"Could not check the response with OpenAI: {exc.message}", exc.kind)
+        log.info("webhook %s (%s, %s): %s", webhook_id, event_type, response_id, outcome)
+        return JSONResponse({"received": True, "outcome": outcome})
+
+    @rt("/health", methods=["get"])
+    async def health():
+        body = {"status": "ok", "mode": settings.mode, "store": store_kind(settings.database_url),
+                "webhook_secret": bool(settings.effective_webhook_secret)}
+        try: await (await service()).store.ping()
+        except StoreUnavailable:
+            return JSONResponse({**body, "status": "unavailable"}, status_code=503)
+        return JSONResponse(body)
+
+    return app
+
+
+app = create_app()
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    serve(appname="app", app="app", host=os.environ.get("HOST", "127.0.0.1"), port=app.state.settings.port, reload=False)

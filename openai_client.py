@@ -1,0 +1,151 @@
+"""The only code that talks to OpenAI (or, in demo mode, to the emulator): create, retrieve, cancel, unwrap.
+
+Retries, deliberately: `create` lets the SDK retry twice (it sends one Idempotency-Key for all
+attempts, so a retry never starts a second response); a webhook's `retrieve` does not retry
+and times out fast, because OpenAI redelivers a webhook we fail to acknowledge; a status
+read's `retrieve` retries once, since the next poll tries again anyway.
+"""
+import logging
+import re
+from dataclasses import dataclass
+
+import httpx2
+import openai
+from openai import AsyncOpenAI
+
+from config import Settings
+from emulator import Emulator
+
+log = logging.getLogger("openai_client")
+DEMO_BASE_URL = "http://emulator.demo/v1"
+CREATE_TIMEOUT, READ_TIMEOUT, WEBHOOK_READ_TIMEOUT = 30.0, 10.0, 5.0
+
+
+class OpenAIError(Exception):
+    """OpenAI refused or could not be reached; `status` is what our API answers, `message` is safe to show."""
+
+    def __init__(self, status: int, message: str, kind: str, retry_after: str | None = None, not_found: bool = False):
+        super().__init__(message)
+        self.status, self.message, self.kind, self.retry_after, self.not_found = status, message, kind, retry_after, not_found
+
+
+class WebhookRejected(Exception):
+    "A webhook that failed verification; the message says why."
+
+
+class WebhookNotConfigured(Exception):
+    "No secret to verify webhooks with."
+
+
+@dataclass
+class ResponseState:
+    """What the app keeps of an OpenAI response."""
+    id: str
+    status: str
+    output_text: str | None
+    error: str | None
+    usage: dict | None
+
+
+def _scrub(text: str, secrets: tuple[str, ...]) -> str:
+    for secret in secrets:
+        if secret: text = text.replace(secret, "***")
+    return re.sub(r"\b(sk-[A-Za-z0-9_\-*]{3})[A-Za-z0-9_\-*]+", r"\1***", text)
+
+
+def _openai_message(exc: openai.APIStatusError) -> str:
+    body = exc.body if isinstance(exc.body, dict) else {}
+    error = body.get("error", body) if isinstance(body.get("error", body), dict) else {}
+    return str(error.get("message") or exc.message)
+
+
+def state_of(response) -> ResponseState:
+    usage = response.usage.model_dump(exclude_none=True) if getattr(response, "usage", None) else None
+    error = None
+    if response.status == "failed" and getattr(response, "error", None):
+        error = f"OpenAI reported a failure: {response.error.message} ({response.error.code})"
+    elif response.status == "incomplete":
+        reason = getattr(getattr(response, "incomplete_details", None), "reason", None) or "no reason given"
+        error = f"The response stopped before the end: {reason}"
+    elif response.status == "failed":
+        error = "OpenAI reported a failure without a message"
+    output_text = response.output_text if response.status in ("completed", "incomplete") else None
+    return ResponseState(response.id, response.status, output_text or None, error, usage)
+
+
+class OpenAIGateway:
+    """`AsyncOpenAI` aimed at OpenAI, or in demo mode at the in-process emulator."""
+
+    def __init__(self, settings: Settings, webhook_target=None):
+        self.settings = settings
+        self.webhook_secret = settings.effective_webhook_secret
+        self.emulator = None
+        if settings.demo:
+            self.emulator = Emulator(webhook_target, self.webhook_secret, settings.demo_delay_seconds, settings.demo_webhooks)
+            http_client = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=self.emulator.app))
+            self.client = AsyncOpenAI(api_key="demo-mode", base_url=DEMO_BASE_URL, http_client=http_client,
+                                      webhook_secret=self.webhook_secret, max_retries=2)
+        else:
+            self.client = AsyncOpenAI(api_key=settings.openai_api_key, base_url=settings.base_url,
+                                      webhook_secret=self.webhook_secret or None, max_retries=2)
+
+    def _fail(self, exc: Exception, doing: str) -> OpenAIError:
+        "Turn an SDK exception into an OpenAIError whose message holds no secret."
+        scrub = lambda text: _scrub(text, (self.settings.openai_api_key, self.webhook_secret))
+        if isinstance(exc, openai.APITimeoutError):
+            return OpenAIError(503, f"OpenAI did not answer in time while {doing}: try again in a minute", "openai_timeout")
+        if isinstance(exc, openai.APIConnectionError):
+            return OpenAIError(503, f"Could not reach OpenAI while {doing}: check the network or OPENAI_BASE_URL", "openai_unreachable")
+        if not isinstance(exc, openai.APIStatusError):
+            return OpenAIError(502, f"Unexpected error while {doing}: {type(exc).__name__}", "openai_error")
+        said = scrub(_openai_message(exc))
+        code = exc.status_code
+        if code == 401:
+            return OpenAIError(502, f"OpenAI rejected the API key (401) while {doing}: {said} Check OPENAI_API_KEY.", "openai_auth")
+        if code == 403:
+            return OpenAIError(502, f"OpenAI refused access (403) while {doing}: {said}", "openai_forbidden")
+        if code == 404:
+            return OpenAIError(502, f"OpenAI does not know it (404) while {doing}: {said}", "openai_not_found", not_found=True)
+        if code == 429:
+            retry_after = exc.response.headers.get("retry-after")
+            wait = f" Retry after {retry_after} s." if retry_after else " Try again in a minute."
+            return OpenAIError(429, f"OpenAI's rate limit or quota was hit (429) while {doing}: {said}{wait}", "openai_rate_limited", retry_after)
+        if code >= 500:
+            return OpenAIError(502, f"OpenAI had a server error ({code}) while {doing}: {said} Try again shortly.", "openai_server_error")
+        return OpenAIError(502, f"OpenAI refused the request ({code}) while {doing}: {said}", "openai_refused")
+
+    async def create(self, prompt: str, model: str, reasoning_effort: str | None = None) -> ResponseState:
+        extra = {"reasoning": {"effort": reasoning_effort}} if reasoning_effort else {}
+        try:
+            response = await self.client.responses.create(input=prompt, model=model, background=True, store=True,
+                                                          timeout=CREATE_TIMEOUT, **extra)
+        except openai.OpenAIError as exc: raise self._fail(exc, "queueing the prompt") from None
+        return state_of(response)
+
+    async def retrieve(self, response_id: str, for_webhook: bool = False) -> ResponseState:
+        client = self.client.with_options(max_retries=0 if for_webhook else 1)
+        try:
+            response = await client.responses.retrieve(response_id, timeout=WEBHOOK_READ_TIMEOUT if for_webhook else READ_TIMEOUT)
+        except openai.OpenAIError as exc: raise self._fail(exc, "checking the response") from None
+        return state_of(response)
+
+    async def cancel(self, response_id: str) -> ResponseState:
+        try: response = await self.client.responses.cancel(response_id, timeout=READ_TIMEOUT)
+        except openai.OpenAIError as exc: raise self._fail(exc, "cancelling the response") from None
+        return state_of(response)
+
+    def unwrap(self, body: bytes, headers) -> tuple[str, str, str | None]:
+        "Verify a webhook and return (webhook id, event type, response id); WebhookRejected when it fails."
+        if not self.webhook_secret:
+            raise WebhookNotConfigured("OPENAI_WEBHOOK_SECRET is not set: copy it from the webhook's page in the OpenAI dashboard")
+        try:
+            event = self.client.webhooks.unwrap(body, headers, secret=self.webhook_secret)
+        except openai.InvalidWebhookSignatureError as exc: raise WebhookRejected(str(exc)) from None
+        except (ValueError, TypeError, UnicodeDecodeError) as exc:
+            raise WebhookRejected(f"Malformed webhook: {type(exc).__name__}: {exc}"[:300]) from None
+        data = getattr(event, "data", None)
+        response_id = data.get("id") if isinstance(data, dict) else getattr(data, "id", None)
+        return headers.get("webhook-id", ""), str(getattr(event, "type", "") or ""), response_id
+
+    async def close(self):
+        await self.client.close()

@@ -1,0 +1,231 @@
+"""Task persistence: SQLite by default, PostgreSQL when DATABASE_URL says so.
+
+Every change is one conditional SQL statement, so concurrent writers (tasks, threads,
+processes) cannot interleave a read and a write: a terminal status never changes, an
+update never moves a task backwards, a webhook id is claimed once.
+"""
+import asyncio
+import json
+import re
+import sqlite3
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+TERMINAL = ("completed", "failed", "cancelled", "incomplete")
+STATUS_RANK = {"queued": 0, "in_progress": 1, **{status: 2 for status in TERMINAL}}
+WEBHOOK_MEMORY_SECONDS = 7 * 24 * 3600
+TASK_COLUMNS = ("id", "response_id", "owner", "idempotency_key", "status", "prompt", "model", "reasoning_effort",
+                "output_text", "error", "usage", "created_at", "updated_at", "completed_at", "checked_at")
+
+SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS tasks (
+        id TEXT PRIMARY KEY, response_id TEXT UNIQUE, owner TEXT NOT NULL, idempotency_key TEXT,
+        status TEXT NOT NULL, prompt TEXT NOT NULL, model TEXT NOT NULL, reasoning_effort TEXT,
+        output_text TEXT, error TEXT, usage TEXT, created_at DOUBLE PRECISION NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL, completed_at DOUBLE PRECISION, checked_at DOUBLE PRECISION)""",
+    "CREATE UNIQUE INDEX IF NOT EXISTS tasks_idempotency ON tasks (owner, idempotency_key)",
+    "CREATE INDEX IF NOT EXISTS tasks_by_owner ON tasks (owner, created_at, id)",
+    "CREATE TABLE IF NOT EXISTS webhook_events (id TEXT PRIMARY KEY, received_at DOUBLE PRECISION NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS webhook_events_age ON webhook_events (received_at)",
+]
+RANK_SQL = "CASE status WHEN 'queued' THEN 0 WHEN 'in_progress' THEN 1 ELSE 2 END"
+INSERT_TASK = (f"INSERT INTO tasks ({', '.join(TASK_COLUMNS)}) VALUES ({', '.join(':' + c for c in TASK_COLUMNS)}) "
+               "ON CONFLICT DO NOTHING")
+ADVANCE_TASK = (f"UPDATE tasks SET status = :status, output_text = :output_text, error = :error, usage = :usage, "
+                f"updated_at = :now, completed_at = :completed_at WHERE id = :id AND {RANK_SQL} < :rank")
+ATTACH_RESPONSE = ("UPDATE tasks SET response_id = :response_id, updated_at = :now, checked_at = :now "
+                   "WHERE id = :id AND response_id IS NULL")
+CLAIM_CHECK = (f"UPDATE tasks SET checked_at = :now WHERE id = :id AND {RANK_SQL} < 2 "
+               "AND response_id IS NOT NULL AND (checked_at IS NULL OR checked_at <= :due)")
+
+
+class StoreUnavailable(Exception):
+    "The database cannot be reached or used."
+
+
+def new_task_row(**fields) -> dict:
+    now = time.time()
+    row = dict.fromkeys(TASK_COLUMNS)
+    row.update(status="queued", created_at=now, updated_at=now, **fields)
+    return row
+
+
+def _decode(row: dict | None) -> dict | None:
+    if row is None: return None
+    row = dict(row)
+    row["usage"] = json.loads(row["usage"]) if row.get("usage") else None
+    return row
+
+
+class SqlTaskStore:
+    """The store's contract, in SQL both SQLite and PostgreSQL run; subclasses only execute."""
+    kind = "sql"
+
+    async def _execute(self, sql: str, params: dict) -> int: raise NotImplementedError
+    async def _fetch(self, sql: str, params: dict) -> list[dict]: raise NotImplementedError
+    async def open(self): raise NotImplementedError
+    async def close(self): pass
+
+    async def _fetchone(self, sql: str, params: dict) -> dict | None:
+        rows = await self._fetch(sql, params)
+        return _decode(rows[0]) if rows else None
+
+    async def ping(self):
+        await self._fetch("SELECT 1 AS ok", {})
+
+    async def create(self, row: dict) -> tuple[dict, bool]:
+        "Insert a task; with an idempotency key already used by this owner, return that task instead."
+        created = await self._execute(INSERT_TASK, row) == 1
+        if created: return _decode(row), True
+        existing = await self._fetchone("SELECT * FROM tasks WHERE owner = :owner AND idempotency_key = :key",
+                                        {"owner": row["owner"], "key": row["idempotency_key"]})
+        if existing is None: raise StoreUnavailable(f"task {row['id']} was neither stored nor found")
+        return existing, False
+
+    async def get(self, task_id: str) -> dict | None:
+        return await self._fetchone("SELECT * FROM tasks WHERE id = :id", {"id": task_id})
+
+    async def get_by_response(self, response_id: str) -> dict | None:
+        return await self._fetchone("SELECT * FROM tasks WHERE response_id = :rid", {"rid": response_id})
+
+    async def attach_response(self, task_id: str, response_id: str) -> bool:
+        return await self._execute(ATTACH_RESPONSE, {"id": task_id, "response_id": response_id, "now": time.time()}) == 1
+
+    async def advance(self, task_id: str, status: str, output_text: str | None = None, error: str | None = None,
+                      usage: dict | None = None) -> bool:
+        "Move a task forward to `status`; False (and no change) when that would not be forward."
+        now = time.time()
+        params = {"id": task_id, "status": status, "rank": STATUS_RANK[status], "output_text": output_text,
+                  "error": error, "usage": json.dumps(usage) if usage else None, "now": now,
+                  "completed_at": now if status in TERMINAL else None}
+        return await self._execute(ADVANCE_TASK, params) == 1
+
+    async def claim_check(self, task_id: str, interval: float) -> bool:
+        "Claim the right to ask OpenAI about a running task: True for one caller per interval."
+        now = time.time()
+        return await self._execute(CLAIM_CHECK, {"id": task_id, "now": now, "due": now - interval}) == 1
+
+    async def claim_webhook(self, webhook_id: str) -> bool:
+        "True the first time a webhook id is seen; forgets ids older than a week."
+        now = time.time()
+        await self._execute("DELETE FROM webhook_events WHERE received_at < :old", {"old": now - WEBHOOK_MEMORY_SECONDS})
+        return await self._execute("INSERT INTO webhook_events (id, received_at) VALUES (:id, :now) ON CONFLICT DO NOTHING",
+                                   {"id": webhook_id, "now": now}) == 1
+
+    async def release_webhook(self, webhook_id: str):
+        "Forget a webhook id whose handling failed, so that OpenAI's retry is handled."
+        await self._execute("DELETE FROM webhook_events WHERE id = :id", {"id": webhook_id})
+
+    async def list_for_owner(self, owner: str, limit: int = 20, before: tuple[float, str] | None = None) -> list[dict]:
+        "The owner's tasks, newest first; `before` is the (created_at, id) of the last task of the previous page."
+        created_at, task_id = before or (float("inf"), "")
+        rows = await self._fetch(
+            "SELECT * FROM tasks WHERE owner = :owner AND (created_at < :created_at OR (created_at = :created_at AND id < :id)) "
+            "ORDER BY created_at DESC, id DESC LIMIT :limit",
+            {"owner": owner, "created_at": created_at, "id": task_id or "\uffff", "limit": limit})
+        return [_decode(row) for row in rows]
+
+
+class SqliteTaskStore(SqlTaskStore):
+    """SQLite in WAL mode; statements run on one dedicated thread so the event loop never waits on disk."""
+    kind = "sqlite"
+
+    def __init__(self, path: str):
+        self.path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        self._db: sqlite3.Connection | None = None
+
+    def _connect(self):
+        if self.path != ":memory:": Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA busy_timeout=10000")
+        for statement in SCHEMA: db.execute(statement)
+        self._db = db
+
+    async def _run(self, fn, *args):
+        try: return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        except sqlite3.Error as exc: raise StoreUnavailable(f"SQLite at {self.path}: {exc}") from exc
+
+    async def open(self):
+        await self._run(self._connect)
+        return self
+
+    async def close(self):
+        if self._db is not None: await self._run(self._db.close)
+        self._db = None
+
+    async def _execute(self, sql: str, params: dict) -> int:
+        return await self._run(lambda: self._db.execute(sql, params).rowcount)
+
+    async def _fetch(self, sql: str, params: dict) -> list[dict]:
+        return await self._run(lambda: [dict(row) for row in self._db.execute(sql, params).fetchall()])
+
+
+class PostgresTaskStore(SqlTaskStore):
+    """PostgreSQL through psycopg 3's async connection pool."""
+    kind = "postgresql"
+
+    def __init__(self, url: str, max_size: int = 10):
+        self.url, self.max_size, self._pool = url, max_size, None
+
+    async def open(self):
+        from psycopg_pool import AsyncConnectionPool
+        from psycopg.rows import dict_row
+        self._pool = AsyncConnectionPool(self.url, min_size=1, max_size=self.max_size, open=False,
+                                         kwargs={"autocommit": True, "row_factory": dict_row})
+        try:
+            await self._pool.open(wait=True, timeout=10)
+            async with self._pool.connection() as conn:
+                await conn.execute("SELECT pg_advisory_lock(727274)")
+                try:
+                    for statement in SCHEMA: await conn.execute(statement)
+                finally: await conn.execute("SELECT pg_advisory_unlock(727274)")
+        except Exception as exc:
+            raise StoreUnavailable(f"PostgreSQL: {type(exc).__name__}: {_without_password(str(exc))}") from exc
+        return self
+
+    async def close(self):
+        if self._pool is not None: await self._pool.close()
+
+    async def _run(self, sql: str, params: dict, fetch: bool):
+        import psycopg
+        try:
+            async with self._pool.connection(timeout=10) as conn:
+                cursor = await conn.execute(_pyformat(sql), params)
+                return await cursor.fetchall() if fetch else cursor.rowcount
+        except (psycopg.Error, TimeoutError) as exc:
+            raise StoreUnavailable(f"PostgreSQL: {type(exc).__name__}: {_without_password(str(exc))}") from exc
+
+    async def _execute(self, sql: str, params: dict) -> int: return await self._run(sql, params, fetch=False)
+    async def _fetch(self, sql: str, params: dict) -> list[dict]: return await self._run(sql, params, fetch=True)
+
+
+def _pyformat(sql: str) -> str:
+    "`:name` placeholders as psycopg's `%(name)s`."
+    return re.sub(r"(?<![:\w]):([a-z_]+)", r"%(\1)s", sql.replace("%", "%%"))
+
+
+def _without_password(text: str) -> str:
+    return re.sub(r"(://[^:/@\s]+:)[^@\s]+@", r"\1***@", text)
+
+
+def sqlite_path(url: str) -> str:
+    "The file of a SQLAlchemy-style sqlite URL: sqlite:///relative.db, sqlite:////absolute.db."
+    path = url.split(":///", 1)[1] if ":///" in url else ""
+    if not path: raise SystemExit(f"DATABASE_URL={url!r}: write sqlite:///data/tasks.db (relative) or sqlite:////abs/path.db")
+    return path
+
+
+def store_kind(url: str) -> str:
+    return "sqlite" if url.startswith("sqlite:") else "postgresql"
+
+
+def store_for(url: str) -> SqlTaskStore:
+    if url.startswith("sqlite:"): return SqliteTaskStore(sqlite_path(url))
+    if url.startswith(("postgresql:", "postgres:", "postgresql+psycopg:")):
+        return PostgresTaskStore(url.replace("postgresql+psycopg:", "postgresql:", 1))
+    raise SystemExit(f"DATABASE_URL must start with sqlite:/// or postgresql:// (got {url.split(':', 1)[0]}:...)")

@@ -1,0 +1,116 @@
+"""What happens to a task: queueing it, learning of its end (webhook or reconcile), cancelling it."""
+import logging
+import secrets
+from datetime import datetime, timezone
+
+from openai_client import OpenAIError, OpenAIGateway, ResponseState
+from store import TERMINAL, SqlTaskStore, new_task_row
+
+log = logging.getLogger("tasks")
+RESPONSE_EVENTS = ("response.completed", "response.failed", "response.cancelled", "response.incomplete")
+NOT_FOUND_MESSAGE = "OpenAI no longer knows this response (404): it may have been deleted or have expired."
+
+
+class QueueRefused(Exception):
+    "OpenAI refused to queue the prompt; `task` is the task as stored (failed), `error` the reason."
+
+    def __init__(self, task: dict, error: OpenAIError):
+        super().__init__(error.message)
+        self.task, self.error = task, error
+
+
+def new_task_id() -> str: return "task_" + secrets.token_urlsafe(12)
+
+
+def iso(timestamp: float | None) -> str | None:
+    if timestamp is None: return None
+    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def task_json(task: dict) -> dict:
+    "A task as the HTTP contract shows it."
+    return {"id": task["id"], "status": task["status"], "prompt": task["prompt"], "model": task["model"],
+            "reasoning_effort": task["reasoning_effort"], "output_text": task["output_text"], "error": task["error"],
+            "usage": task["usage"], "response_id": task["response_id"], "created_at": iso(task["created_at"]),
+            "updated_at": iso(task["updated_at"]), "completed_at": iso(task["completed_at"]),
+            "status_url": f"/api/status/{task['id']}"}
+
+
+def is_terminal(task: dict) -> bool: return task["status"] in TERMINAL
+
+
+class TaskService:
+    def __init__(self, store: SqlTaskStore, gateway: OpenAIGateway, reconcile_seconds: float):
+        self.store, self.gateway, self.reconcile_seconds = store, gateway, reconcile_seconds
+
+    async def _record(self, task_id: str, state: ResponseState):
+        await self.store.advance(task_id, state.status, state.output_text, state.error, state.usage)
+
+    async def queue(self, owner: str, prompt: str, model: str, reasoning_effort: str | None = None,
+                    idempotency_key: str | None = None) -> tuple[dict, bool]:
+        """Store the task, then create its background response. Returns (task, created).
+
+        A known idempotency key returns the task it made, and creates nothing. If OpenAI refuses,
+        the task is kept as failed with the reason, and QueueRefused is raised.
+        """
+        row = new_task_row(id=new_task_id(), owner=owner, prompt=prompt, model=model,
+                           reasoning_effort=reasoning_effort, idempotency_key=idempotency_key)
+        task, created = await self.store.create(row)
+        if not created: return task, False
+        try:
+            state = await self.gateway.create(prompt, model, reasoning_effort)
+        except OpenAIError as exc:
+            await self.store.advance(task["id"], "failed", error=exc.message)
+            raise QueueRefused(await self.store.get(task["id"]), exc) from None
+        await self.store.attach_response(task["id"], state.id)
+        await self._record(task["id"], state)
+        return await self.store.get(task["id"]), True
+
+    async def read(self, task_id: str) -> dict | None:
+        "The task, first refreshed from OpenAI if it is running and was last checked over an interval ago."
+        task = await self.store.get(task_id)
+        if task and not is_terminal(task) and await self.store.claim_check(task_id, self.reconcile_seconds):
+            await self.refresh(task)
+            task = await self.store.get(task_id)
+        return task
+
+    async def refresh(self, task: dict, for_webhook: bool = False):
+        "Ask OpenAI for the response's state and record it; a 404 ends the task as failed."
+        try:
+            state = await self.gateway.retrieve(task["response_id"], for_webhook=for_webhook)
+        except OpenAIError as exc:
+            if not exc.not_found: raise
+            await self.store.advance(task["id"], "failed", error=NOT_FOUND_MESSAGE)
+            return
+        await self._record(task["id"], state)
+
+    async def read_quietly(self, task_id: str) -> dict | None:
+        "Like read, but a failed check with OpenAI leaves the stored task as it was (the next poll retries)."
+        try: return await self.read(task_id)
+        except OpenAIError as exc:
+            log.warning("reconcile of %s failed: %s", task_id, exc.message)
+            return await self.store.get(task_id)
+
+    async def handle_webhook(self, webhook_id: str, event_type: str, response_id: str | None) -> str:
+        "Apply a verified event; returns what was done. Raises if OpenAI cannot be asked (OpenAI will retry)."
+        if event_type not in RESPONSE_EVENTS or not response_id: return "ignored"
+        task = await self.store.get_by_response(response_id)
+        if task is None: return "unknown response"
+        if is_terminal(task): return "already final"
+        if not await self.store.claim_webhook(webhook_id): return "duplicate"
+        try:
+            await self.refresh(task, for_webhook=True)
+            return "updated"
+        except Exception:
+            await self.store.release_webhook(webhook_id)
+            raise
+
+    async def cancel(self, task: dict) -> dict:
+        "Ask OpenAI to cancel; the task ends as whatever OpenAI then says it is."
+        if not is_terminal(task) and task["response_id"]:
+            try:
+                await self._record(task["id"], await self.gateway.cancel(task["response_id"]))
+            except OpenAIError as exc:
+                if exc.status != 502: raise
+                await self.refresh(task)
+        return await self.store.get(task["id"])

@@ -1,0 +1,111 @@
+"""FT components: the page, the prompt form and the task card."""
+import json
+import secrets
+import time
+
+from fasthtml.common import (A, Article, Button, Div, Footer, Form, Header, Hidden, Label, Link, Main, Meta,
+                             Option, P, Script, Section, Select, Small, Span, Strong, Textarea, Title, Details,
+                             Summary, H1, Html, Head, Body)
+
+from store import TERMINAL
+
+HTMX_CONFIG = {
+    "allowEval": False, "includeIndicatorStyles": False, "selfRequestsOnly": True,
+    "responseHandling": [{"code": "204", "swap": False}, {"code": "[23]..", "swap": True},
+                         {"code": "[45]..", "swap": True, "error": True}],
+}
+STATUS_LABELS = {"queued": "Queued", "in_progress": "Running", "completed": "Completed", "failed": "Failed",
+                 "cancelled": "Cancelled", "incomplete": "Incomplete"}
+REASONING_EFFORTS = ("", "minimal", "low", "medium", "high")
+
+
+def duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 60: return f"{seconds} s"
+    if seconds < 3600: return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def elapsed(task: dict) -> str:
+    if task["status"] in TERMINAL and task["completed_at"]:
+        return f"took {duration(task['completed_at'] - task['created_at'])}"
+    return f"running for {duration(time.time() - task['created_at'])}"
+
+
+def status_badge(status: str):
+    return Span(STATUS_LABELS.get(status, status), cls=f"status status-{status}", data_status=status)
+
+
+def task_result(task: dict):
+    if task["error"]: return Div(task["error"], cls="task-error", role="alert")
+    if task["output_text"]: return Div(task["output_text"], cls="task-output")
+    return None
+
+
+def task_card(task: dict):
+    "A task; while it runs it polls its status every 2 s and replaces itself, until it is terminal."
+    polling = {} if task["status"] in TERMINAL else {
+        "hx_get": f"/api/status/{task['id']}", "hx_trigger": "every 2s", "hx_swap": "outerHTML"}
+    return Article(
+        Header(status_badge(task["status"]), Small(f" {task['model']} · {elapsed(task)}", cls="task-meta")),
+        Details(Summary(task["prompt"][:120] + ("…" if len(task["prompt"]) > 120 else "")),
+                Div(task["prompt"], cls="task-prompt")),
+        task_result(task),
+        id=f"task-{task['id']}", cls="task", data_task_id=task["id"], **polling)
+
+
+def model_picker(models: tuple[str, ...]):
+    if len(models) == 1: return Hidden(name="model", value=models[0])
+    return Label("Model", Select(*[Option(m, value=m) for m in models], name="model"))
+
+
+def prompt_form(models: tuple[str, ...], max_chars: int, **attrs):
+    "The prompt form; every render carries a fresh idempotency key, so a double submit queues once."
+    return Form(
+        Label("Prompt", Textarea(name="prompt", rows=8, required=True, maxlength=max_chars,
+                                 placeholder="A deep-research question, a long report to write…")),
+        Div(model_picker(models), cls="form-options"),
+        Hidden(name="idempotency_key", value=secrets.token_urlsafe(16)),
+        Button("Queue Task", type="submit"),
+        id="prompt-form", hx_post="/api/queue", hx_target="#tasks", hx_swap="afterbegin",
+        hx_disabled_elt="find button", **attrs)
+
+
+def form_error(message: str = "", oob: bool = False):
+    return Div(message, id="form-error", role="alert" if message else None, cls="form-error" if message else None,
+               hx_swap_oob="true" if oob else None)
+
+
+def missing_task(task_id: str):
+    return Article(P(f"Task {task_id[:80]} is unknown here: it may belong to another database."), cls="task missing")
+
+
+def demo_banner():
+    return P(Strong("Demo mode. "), "No OPENAI_API_KEY is set, so prompts go to a local emulator of the OpenAI "
+             "Responses API and the answers are made up. Set OPENAI_API_KEY to run them on OpenAI.",
+             cls="demo-banner", id="demo-banner")
+
+
+def task_list(tasks: list[dict]):
+    return Section(*[task_card(t) for t in tasks], id="tasks", aria_live="polite")
+
+
+def page(tasks: list[dict], demo: bool, models: tuple[str, ...], max_chars: int):
+    return Html(
+        Head(Title("Background prompts"), Meta(charset="utf-8"),
+             Meta(name="viewport", content="width=device-width, initial-scale=1"),
+             Meta(name="htmx-config", content=json.dumps(HTMX_CONFIG)),
+             Link(rel="stylesheet", href="/static/vendor/pico.min.css"),
+             Link(rel="stylesheet", href="/static/app.css"),
+             Script(src="/static/vendor/htmx.min.js", defer=True)),
+        Body(Main(
+            Header(H1("Background prompts"),
+                   P("Queue a long prompt as an OpenAI background response. You may close this tab: "
+                     "the result is kept, and shown here when it is ready.")),
+            demo_banner() if demo else None,
+            prompt_form(models, max_chars),
+            form_error(),
+            task_list(tasks),
+            Footer(Small(A("health", href="/health"), " · ", "JSON API: POST /api/queue, GET /api/status/{id}")),
+            cls="container")),
+        lang="en")
