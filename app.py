@@ -5,25 +5,25 @@ import logging
 import os
 import secrets
 from pathlib import Path
-from urllib.parse import parse_qs
 
 from fasthtml.common import FastHTML, serve, to_xml
-from starlette.datastructures import Headers
-from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
-from starlette.routing import Mount
+from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 import ui
 from config import Settings, load_settings
 from openai_client import OpenAIError, OpenAIGateway, WebhookNotConfigured, WebhookRejected
+from middleware import BodyLimit
 from store import StoreUnavailable, store_for, store_kind
 from tasks import QueueRefused, TaskService, task_json
 
 log = logging.getLogger("app")
 STATIC_DIR = Path(__file__).parent / "static"
-WEBHOOK_MAX_BYTES = 1024 * 1024
 RECENT_TASKS = 20
 
 
@@ -52,39 +52,18 @@ def error_response(request: Request, status: int, message: str, kind: str, heade
     return json_error(status, message, kind, headers)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    "The request body, refused with 413 as soon as it is known to exceed `limit` bytes."
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise BadRequest(413, f"The request body is over {limit} bytes: send a shorter prompt", "request_too_large")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise BadRequest(413, f"The request body is over {limit} bytes: send a shorter prompt", "request_too_large")
-    return bytes(body)
-
-
-async def _multipart_fields(headers: Headers, body: bytes, limit: int) -> dict:
-    async def chunks(): yield body
-    try: form = await MultiPartParser(headers, chunks(), max_part_size=limit).parse()
-    except MultiPartException as exc: raise BadRequest(400, f"Malformed multipart body: {exc.message}")
-    return {key: value for key, value in form.items() if isinstance(value, str)}
-
-
-async def parse_fields(request: Request, limit: int) -> dict:
-    "Fields of a urlencoded, multipart or JSON body, as strings."
-    body = await read_body(request, limit)
+async def parse_fields(request: Request) -> dict:
+    "Fields of a urlencoded, multipart or JSON body (FastHTML has already parsed and refused malformed ones)."
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "application/json":
-        try: data = json.loads(body or b"null")
-        except (ValueError, UnicodeDecodeError): raise BadRequest(400, "The body is not valid JSON", "invalid_json")
+        try: data = json.loads(await request.body() or b"null")
+        except ValueError: raise BadRequest(400, "The body is not valid JSON", "invalid_json")
         if not isinstance(data, dict): raise BadRequest(400, 'Send a JSON object such as {"prompt": "..."}', "invalid_json")
         return data
-    if content_type == "application/x-www-form-urlencoded":
-        try: return {k: v[0] for k, v in parse_qs(body.decode(), keep_blank_values=True).items()}
-        except UnicodeDecodeError: raise BadRequest(400, "The form body is not valid UTF-8")
-    if content_type == "multipart/form-data": return await _multipart_fields(request.headers, body, limit)
+    if content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        try: form = await request.form()
+        except (MultiPartException, RuntimeError) as exc: raise BadRequest(400, f"Malformed form body: {exc}")
+        return {key: value for key, value in form.items() if isinstance(value, str)}
     raise BadRequest(415, "Send the prompt as JSON, a urlencoded form or multipart form data "
                           f"(got content type {content_type or 'none'!r})", "unsupported_media_type")
 
@@ -94,6 +73,20 @@ def text_field(fields: dict, name: str) -> str | None:
     if value is None: return None
     if not isinstance(value, str): raise BadRequest(400, f"{name} must be a string")
     return value
+
+
+async def http_error(request: Request, exc: HTTPException):
+    "Starlette's and FastHTML's own refusals (malformed body, unknown path, wrong method) in the contract's shape."
+    message = {404: "Not found: see the README for the API's routes", 405: "Method not allowed on this path"}.get(
+        exc.status_code, str(exc.detail))
+    if request.url.path.startswith("/api/") or wants_html(request):
+        return error_response(request, exc.status_code, message, "invalid_request")
+    return Response(message, status_code=exc.status_code, media_type="text/plain")
+
+
+def body_too_large(scope, limit: int) -> Response:
+    return error_response(Request(scope), 413, f"The request body is over {limit} bytes: send a shorter prompt",
+                          "request_too_large")
 
 
 async def store_down(request: Request, exc: StoreUnavailable):
@@ -111,7 +104,8 @@ def create_app(settings: Settings | None = None) -> FastHTML:
     if not settings.session_secret: key_file.parent.mkdir(exist_ok=True)
     app = FastHTML(default_hdrs=False, secret_key=settings.session_secret or None, key_fname=str(key_file),
                    session_cookie="session", same_site="lax", title="Background prompts",
-                   exception_handlers={StoreUnavailable: store_down},
+                   exception_handlers={StoreUnavailable: store_down, HTTPException: http_error, 404: http_error, 405: http_error},
+                   middleware=[Middleware(BodyLimit, limit=settings.max_body_bytes, refuse=body_too_large)],
                    routes=[Mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")])
     rt = app.route
     gateway = OpenAIGateway(settings, webhook_target=app)
@@ -127,7 +121,14 @@ def create_app(settings: Settings | None = None) -> FastHTML:
                     state["service"] = TaskService(store, gateway, settings.reconcile_seconds)
         return state["service"]
 
-    app.state.settings, app.state.gateway, app.state.service = settings, gateway, service
+    async def shutdown():
+        if state["service"] is not None: await state["service"].store.close()
+        state["service"] = None
+        if gateway.emulator: await gateway.emulator.stop()
+        await gateway.close()
+
+    app.on_event("shutdown")(shutdown)
+    app.state.settings, app.state.gateway, app.state.service, app.state.shutdown = settings, gateway, service, shutdown
 
     def fresh_form():
         return ui.prompt_form(settings.allowed_models, settings.max_prompt_chars, hx_swap_oob="true")
@@ -144,7 +145,7 @@ def create_app(settings: Settings | None = None) -> FastHTML:
     @rt("/api/queue", methods=["post"])
     async def queue(request: Request, session):
         try:
-            fields = await parse_fields(request, settings.max_body_bytes)
+            fields = await parse_fields(request)
             prompt = text_field(fields, "prompt")
             model = text_field(fields, "model") or settings.model
             reasoning_effort = text_field(fields, "reasoning_effort") or None
@@ -181,12 +182,11 @@ def create_app(settings: Settings | None = None) -> FastHTML:
         if wants_html(request): return fragment(ui.task_card(task))
         return JSONResponse(task_json(task))
 
-    @rt("/api/webhook", methods=["post"])
     async def webhook(request: Request):
+        "OpenAI's webhook, a plain Starlette route so that nothing parses the body before it is verified."
         try:
-            body = await read_body(request, WEBHOOK_MAX_BYTES)
-            webhook_id, event_type, response_id = gateway.unwrap(body, request.headers)
-        except (WebhookRejected, BadRequest) as exc:
+            webhook_id, event_type, response_id = gateway.unwrap(await request.body(), request.headers)
+        except WebhookRejected as exc:
             log.warning("webhook refused: %s", exc)
             return json_error(400, f"Webhook refused: {exc}", "invalid_webhook")
         except WebhookNotConfigured as exc:
@@ -199,6 +199,8 @@ def create_app(settings: Settings | None = None) -> FastHTML:
             return json_error(503, f"Could not check the response with OpenAI: {exc.message}", exc.kind)
         log.info("webhook %s (%s, %s): %s", webhook_id, event_type, response_id, outcome)
         return JSONResponse({"received": True, "outcome": outcome})
+
+    app.router.routes.append(Route("/api/webhook", webhook, methods=["POST"]))
 
     @rt("/health", methods=["get"])
     async def health():

@@ -202,6 +202,11 @@ class Emulator:
             log.info("webhook delivery to %s failed: %s", url if is_url else "the app", type(exc).__name__)
             return None
 
+    async def stop(self):
+        "Cancel pending deliveries."
+        for task in list(self._tasks): task.cancel()
+        await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
     async def wait_idle(self):
         "Wait until every scheduled delivery has ended (for tests)."
         while self._tasks: await asyncio.gather(*list(self._tasks), return_exceptions=True)

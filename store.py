@@ -148,7 +148,7 @@ class SqliteTaskStore(SqlTaskStore):
 
     async def _run(self, fn, *args):
         try: return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-        except sqlite3.Error as exc: raise StoreUnavailable(f"SQLite at {self.path}: {exc}") from exc
+        except (sqlite3.Error, OSError) as exc: raise StoreUnavailable(f"SQLite at {self.path}: {exc}") from exc
 
     async def open(self):
         await self._run(self._connect)
