@@ -47,7 +47,7 @@ class StoreUnavailable(Exception):
 def new_task_row(**fields) -> dict:
     now = time.time()
     row = dict.fromkeys(TASK_COLUMNS)
-    row.update(status="queued", created_at=now, updated_at=now, **fields)
+    row.update({"status": "queued", "created_at": now, "updated_at": now, **fields})
     return row
 
 
