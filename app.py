@@ -1,5 +1,7 @@
 """The FastHTML app: the page and the JSON/HTMX API of DESIGN.md. `python app.py` serves it on PORT."""
 import asyncio
+import base64
+import binascii
 import json
 import logging
 import os
@@ -75,6 +77,22 @@ def text_field(fields: dict, name: str) -> str | None:
     return value
 
 
+def not_found(request: Request, task_id: str) -> Response:
+    if wants_html(request): return fragment(ui.missing_task(task_id), 404)
+    return json_error(404, f"No task with id {task_id[:80]!r}: check the id returned by POST /api/queue", "not_found")
+
+
+def encode_cursor(task: dict) -> str:
+    return base64.urlsafe_b64encode(json.dumps([task["created_at"], task["id"]]).encode()).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[float, str]:
+    try: created_at, task_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+    except (ValueError, TypeError, binascii.Error) as exc: raise ValueError("malformed cursor") from exc
+    if not isinstance(created_at, (int, float)) or not isinstance(task_id, str): raise ValueError("malformed cursor")
+    return float(created_at), task_id
+
+
 async def http_error(request: Request, exc: HTTPException):
     "Starlette's and FastHTML's own refusals (malformed body, unknown path, wrong method) in the contract's shape."
     message = {404: "Not found: see the README for the API's routes", 405: "Method not allowed on this path"}.get(
@@ -95,7 +113,8 @@ async def store_down(request: Request, exc: StoreUnavailable):
                                         "database is running, then try again", "store_unavailable")
 
 
-def create_app(settings: Settings | None = None) -> FastHTML:
+def create_app(settings: Settings | None = None, http_client=None) -> FastHTML:
+    "The app; `http_client` stands in for the network to OpenAI (tests aim it at an emulator)."
     settings = settings or load_settings()
     if settings.on_vercel and not settings.session_secret:
         raise SystemExit("SESSION_SECRET is not set: on Vercel sessions need a fixed key. "
@@ -108,7 +127,7 @@ def create_app(settings: Settings | None = None) -> FastHTML:
                    middleware=[Middleware(BodyLimit, limit=settings.max_body_bytes, refuse=body_too_large)],
                    routes=[Mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")])
     rt = app.route
-    gateway = OpenAIGateway(settings, webhook_target=app)
+    gateway = OpenAIGateway(settings, webhook_target=app, http_client=http_client)
     state = {"service": None}
     ready = asyncio.Lock()
 
@@ -139,7 +158,8 @@ def create_app(settings: Settings | None = None) -> FastHTML:
 
     @rt("/", methods=["get"])
     async def index(session):
-        tasks = await (await service()).store.list_for_owner(owner_of(session), RECENT_TASKS)
+        svc = await service()
+        tasks = await svc.read_many(await svc.store.list_for_owner(owner_of(session), RECENT_TASKS))
         return ui.page(tasks, settings.demo, settings.allowed_models, settings.max_prompt_chars)
 
     @rt("/api/queue", methods=["post"])
@@ -176,11 +196,30 @@ def create_app(settings: Settings | None = None) -> FastHTML:
     @rt("/api/status/{task_id}", methods=["get"])
     async def status(request: Request, task_id: str):
         task = await (await service()).read_quietly(task_id)
-        if task is None:
-            if wants_html(request): return fragment(ui.missing_task(task_id), 404)
-            return json_error(404, f"No task with id {task_id[:80]!r}: check the id returned by POST /api/queue", "not_found")
+        if task is None: return not_found(request, task_id)
         if wants_html(request): return fragment(ui.task_card(task))
         return JSONResponse(task_json(task))
+
+    @rt("/api/cancel/{task_id}", methods=["post"])
+    async def cancel(request: Request, task_id: str):
+        svc = await service()
+        task = await svc.store.get(task_id)
+        if task is None: return not_found(request, task_id)
+        try: task = await svc.cancel(task)
+        except OpenAIError as exc:
+            retry = {"Retry-After": exc.retry_after} if exc.retry_after else None
+            return error_response(request, exc.status, exc.message, exc.kind, retry)
+        return fragment(ui.task_card(task)) if wants_html(request) else JSONResponse(task_json(task))
+
+    @rt("/api/tasks", methods=["get"])
+    async def tasks(session, cursor: str = "", limit: int = 20):
+        try: before = decode_cursor(cursor) if cursor else None
+        except ValueError: return json_error(400, "Malformed cursor: pass back next_cursor as it was given", "invalid_cursor")
+        limit = max(1, min(limit, 100))
+        page = await (await service()).store.list_for_owner(owner_of(session), limit + 1, before)
+        more = len(page) > limit
+        return JSONResponse({"tasks": [task_json(t) for t in page[:limit]],
+                             "next_cursor": encode_cursor(page[limit - 1]) if more else None})
 
     async def webhook(request: Request):
         "OpenAI's webhook, a plain Starlette route so that nothing parses the body before it is verified."

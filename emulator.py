@@ -69,19 +69,28 @@ class EmulatedResponse:
     def status(self, now: float) -> str:
         if self.ended_as and (self.ended_at or 0) <= now: return self.ended_as
         elapsed = now - self.created_at
-        if elapsed >= self.delay: return "completed"
+        if elapsed >= self.delay: return self.outcome
         return "queued" if elapsed < self.delay / 4 else "in_progress"
+
+    @property
+    def outcome(self) -> str:
+        "How the response ends: `[demo:failed]` or `[demo:incomplete]` in the prompt asks for that ending."
+        for status in ("failed", "incomplete"):
+            if f"[demo:{status}]" in self.prompt: return status
+        return "completed"
 
     def to_json(self, now: float) -> dict:
         status = self.status(now)
-        text = demo_answer(self.prompt) if status == "completed" else None
+        text = demo_answer(self.prompt) if status in ("completed", "incomplete") else None
         output = [{"type": "message", "id": "msg_" + self.id[5:], "status": "completed", "role": "assistant",
                    "content": [{"type": "output_text", "text": text, "annotations": []}]}] if text else []
         in_tokens, out_tokens = len(self.prompt.split()), len(text.split()) if text else 0
         return {
             "id": self.id, "object": "response", "created_at": int(self.created_at), "status": status,
-            "background": True, "model": self.model, "output": output, "error": None,
-            "incomplete_details": None, "instructions": None, "metadata": {}, "parallel_tool_calls": True,
+            "background": True, "model": self.model, "output": output,
+            "error": {"code": "server_error", "message": "The demo was asked to fail ([demo:failed] in the prompt)."}
+            if status == "failed" else None,
+            "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None, "instructions": None, "metadata": {}, "parallel_tool_calls": True,
             "temperature": 1.0, "top_p": 1.0, "tool_choice": "auto", "tools": [], "store": True,
             "reasoning": {"effort": self.reasoning_effort, "summary": None},
             "usage": {"input_tokens": in_tokens, "input_tokens_details": {"cached_tokens": 0},
@@ -106,6 +115,7 @@ class Emulator:
         self.deliveries: list[dict] = []
         self.planned_failures: dict[str, list[dict]] = {}
         self._tasks: set[asyncio.Task] = set()
+        self._completions: dict[str, asyncio.Task] = {}
         self.app = Starlette(routes=[
             Route("/v1/responses", self.create, methods=["POST"]),
             Route("/v1/responses/{id}", self.retrieve, methods=["GET"]),
@@ -115,14 +125,15 @@ class Emulator:
         ])
 
     def fail_next(self, operation: str, status: int, message: str = "Emulated failure", headers: dict | None = None):
-        "Make the next `operation` (create, retrieve, cancel) answer `status` (0 means drop the connection)."
+        "Make the next `operation` (create, retrieve, cancel) answer `status`; 0 drops the connection, -1 times out."
         self.planned_failures.setdefault(operation, []).append({"status": status, "message": message, "headers": headers})
 
     def _planned_failure(self, operation: str) -> JSONResponse | None:
         planned = self.planned_failures.get(operation)
         if not planned: return None
         failure = planned.pop(0)
-        if failure["status"] == 0: raise ConnectionResetError("emulated connection drop")
+        if failure["status"] == 0: raise httpx2.ConnectError("emulated connection drop")
+        if failure["status"] == -1: raise httpx2.ReadTimeout("emulated timeout")
         kind = {401: "invalid_request_error", 429: "rate_limit_error"}.get(failure["status"], "api_error")
         return _error(failure["status"], failure["message"], kind, failure["headers"])
 
@@ -137,7 +148,7 @@ class Emulator:
                                     created_at=time.time(), delay=self.delay,
                                     reasoning_effort=(body.get("reasoning") or {}).get("effort"))
         self.responses[response.id] = response
-        self._spawn(self._deliver_when_done(response))
+        self._completions[response.id] = self._spawn(self._deliver_when_done(response))
         return JSONResponse(response.to_json(time.time()))
 
     async def retrieve(self, request: Request):
@@ -156,6 +167,7 @@ class Emulator:
         now = time.time()
         if response.status(now) not in TERMINAL:
             response.ended_as, response.ended_at = "cancelled", now
+            if completion := self._completions.pop(response.id, None): completion.cancel()
             self._spawn(self._deliver(response, "response.cancelled"))
         return JSONResponse(response.to_json(now))
 
@@ -168,14 +180,16 @@ class Emulator:
         self.fail_next(body["operation"], int(body["status"]), body.get("message", "Emulated failure"), body.get("headers"))
         return JSONResponse({"planned": body})
 
-    def _spawn(self, coroutine):
+    def _spawn(self, coroutine) -> asyncio.Task:
         task = asyncio.create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _deliver_when_done(self, response: EmulatedResponse):
         await asyncio.sleep(max(0.0, response.created_at + response.delay - time.time()))
-        if response.ended_as is None: await self._deliver(response, "response.completed")
+        self._completions.pop(response.id, None)
+        await self._deliver(response, f"response.{response.outcome}")
 
     async def _deliver(self, response: EmulatedResponse, event_type: str):
         "POST the signed event, retrying refused or lost deliveries with backoff, as OpenAI does."

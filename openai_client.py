@@ -1,9 +1,10 @@
 """The only code that talks to OpenAI (or, in demo mode, to the emulator): create, retrieve, cancel, unwrap.
 
-Retries, deliberately: `create` lets the SDK retry twice (it sends one Idempotency-Key for all
-attempts, so a retry never starts a second response); a webhook's `retrieve` does not retry
-and times out fast, because OpenAI redelivers a webhook we fail to acknowledge; a status
-read's `retrieve` retries once, since the next poll tries again anyway.
+SDK retries, deliberately few: `create` does not retry, because the SDK would sleep through a
+429's Retry-After (up to a minute) while the person waits; the error says when to try again,
+and a retry with the same Idempotency-Key is safe. `retrieve` does not retry either: a webhook's
+is redelivered by OpenAI when we answer 503, a status read is tried again by the next poll.
+`cancel` retries once (the SDK reuses one Idempotency-Key, so that is safe): a click should stick.
 """
 import logging
 import re
@@ -18,7 +19,6 @@ from emulator import Emulator
 
 log = logging.getLogger("openai_client")
 DEMO_BASE_URL = "http://emulator.demo/v1"
-CREATE_TIMEOUT, READ_TIMEOUT, WEBHOOK_READ_TIMEOUT = 30.0, 10.0, 5.0
 
 
 class OpenAIError(Exception):
@@ -75,8 +75,10 @@ def state_of(response) -> ResponseState:
 
 class OpenAIGateway:
     """`AsyncOpenAI` aimed at OpenAI, or in demo mode at the in-process emulator."""
+    create_timeout, read_timeout, webhook_read_timeout = 30.0, 10.0, 5.0
 
-    def __init__(self, settings: Settings, webhook_target=None):
+    def __init__(self, settings: Settings, webhook_target=None, http_client: httpx2.AsyncClient | None = None):
+        "`http_client` replaces the network in OpenAI mode (tests aim it at an emulator)."
         self.settings = settings
         self.webhook_secret = settings.effective_webhook_secret
         self.emulator = None
@@ -84,10 +86,10 @@ class OpenAIGateway:
             self.emulator = Emulator(webhook_target, self.webhook_secret, settings.demo_delay_seconds, settings.demo_webhooks)
             http_client = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=self.emulator.app))
             self.client = AsyncOpenAI(api_key="demo-mode", base_url=DEMO_BASE_URL, http_client=http_client,
-                                      webhook_secret=self.webhook_secret, max_retries=2)
+                                      webhook_secret=self.webhook_secret, max_retries=0)
         else:
-            self.client = AsyncOpenAI(api_key=settings.openai_api_key, base_url=settings.base_url,
-                                      webhook_secret=self.webhook_secret or None, max_retries=2)
+            self.client = AsyncOpenAI(api_key=settings.openai_api_key, base_url=settings.base_url, http_client=http_client,
+                                      webhook_secret=self.webhook_secret or None, max_retries=0)
 
     def _fail(self, exc: Exception, doing: str) -> OpenAIError:
         "Turn an SDK exception into an OpenAIError whose message holds no secret."
@@ -118,19 +120,18 @@ class OpenAIGateway:
         extra = {"reasoning": {"effort": reasoning_effort}} if reasoning_effort else {}
         try:
             response = await self.client.responses.create(input=prompt, model=model, background=True, store=True,
-                                                          timeout=CREATE_TIMEOUT, **extra)
+                                                          timeout=self.create_timeout, **extra)
         except openai.OpenAIError as exc: raise self._fail(exc, "queueing the prompt") from None
         return state_of(response)
 
     async def retrieve(self, response_id: str, for_webhook: bool = False) -> ResponseState:
-        client = self.client.with_options(max_retries=0 if for_webhook else 1)
         try:
-            response = await client.responses.retrieve(response_id, timeout=WEBHOOK_READ_TIMEOUT if for_webhook else READ_TIMEOUT)
+            response = await self.client.responses.retrieve(response_id, timeout=self.webhook_read_timeout if for_webhook else self.read_timeout)
         except openai.OpenAIError as exc: raise self._fail(exc, "checking the response") from None
         return state_of(response)
 
     async def cancel(self, response_id: str) -> ResponseState:
-        try: response = await self.client.responses.cancel(response_id, timeout=READ_TIMEOUT)
+        try: response = await self.client.with_options(max_retries=1).responses.cancel(response_id, timeout=self.read_timeout)
         except openai.OpenAIError as exc: raise self._fail(exc, "cancelling the response") from None
         return state_of(response)
 

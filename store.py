@@ -16,14 +16,15 @@ TERMINAL = ("completed", "failed", "cancelled", "incomplete")
 STATUS_RANK = {"queued": 0, "in_progress": 1, **{status: 2 for status in TERMINAL}}
 WEBHOOK_MEMORY_SECONDS = 7 * 24 * 3600
 TASK_COLUMNS = ("id", "response_id", "owner", "idempotency_key", "status", "prompt", "model", "reasoning_effort",
-                "output_text", "error", "usage", "created_at", "updated_at", "completed_at", "checked_at")
+                "output_text", "error", "usage", "created_at", "updated_at", "started_at", "completed_at", "checked_at")
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS tasks (
         id TEXT PRIMARY KEY, response_id TEXT UNIQUE, owner TEXT NOT NULL, idempotency_key TEXT,
         status TEXT NOT NULL, prompt TEXT NOT NULL, model TEXT NOT NULL, reasoning_effort TEXT,
         output_text TEXT, error TEXT, usage TEXT, created_at DOUBLE PRECISION NOT NULL,
-        updated_at DOUBLE PRECISION NOT NULL, completed_at DOUBLE PRECISION, checked_at DOUBLE PRECISION)""",
+        updated_at DOUBLE PRECISION NOT NULL, started_at DOUBLE PRECISION, completed_at DOUBLE PRECISION,
+        checked_at DOUBLE PRECISION)""",
     "CREATE UNIQUE INDEX IF NOT EXISTS tasks_idempotency ON tasks (owner, idempotency_key)",
     "CREATE INDEX IF NOT EXISTS tasks_by_owner ON tasks (owner, created_at, id)",
     "CREATE TABLE IF NOT EXISTS webhook_events (id TEXT PRIMARY KEY, received_at DOUBLE PRECISION NOT NULL)",
@@ -33,7 +34,8 @@ RANK_SQL = "CASE status WHEN 'queued' THEN 0 WHEN 'in_progress' THEN 1 ELSE 2 EN
 INSERT_TASK = (f"INSERT INTO tasks ({', '.join(TASK_COLUMNS)}) VALUES ({', '.join(':' + c for c in TASK_COLUMNS)}) "
                "ON CONFLICT DO NOTHING")
 ADVANCE_TASK = (f"UPDATE tasks SET status = :status, output_text = :output_text, error = :error, usage = :usage, "
-                f"updated_at = :now, completed_at = :completed_at WHERE id = :id AND {RANK_SQL} < :rank")
+                f"updated_at = :now, started_at = COALESCE(started_at, :started_at), completed_at = :completed_at "
+                f"WHERE id = :id AND {RANK_SQL} < :rank")
 ATTACH_RESPONSE = ("UPDATE tasks SET response_id = :response_id, updated_at = :now, checked_at = :now "
                    "WHERE id = :id AND response_id IS NULL")
 CLAIM_CHECK = (f"UPDATE tasks SET checked_at = :now WHERE id = :id AND {RANK_SQL} < 2 "
@@ -98,7 +100,7 @@ class SqlTaskStore:
         now = time.time()
         params = {"id": task_id, "status": status, "rank": STATUS_RANK[status], "output_text": output_text,
                   "error": error, "usage": json.dumps(usage) if usage else None, "now": now,
-                  "completed_at": now if status in TERMINAL else None}
+                  "started_at": now if status != "queued" else None, "completed_at": now if status in TERMINAL else None}
         return await self._execute(ADVANCE_TASK, params) == 1
 
     async def claim_check(self, task_id: str, interval: float) -> bool:
@@ -119,11 +121,11 @@ class SqlTaskStore:
 
     async def list_for_owner(self, owner: str, limit: int = 20, before: tuple[float, str] | None = None) -> list[dict]:
         "The owner's tasks, newest first; `before` is the (created_at, id) of the last task of the previous page."
-        created_at, task_id = before or (float("inf"), "")
+        after_cursor = "AND (created_at < :created_at OR (created_at = :created_at AND id < :id))" if before else ""
+        created_at, task_id = before or (None, None)
         rows = await self._fetch(
-            "SELECT * FROM tasks WHERE owner = :owner AND (created_at < :created_at OR (created_at = :created_at AND id < :id)) "
-            "ORDER BY created_at DESC, id DESC LIMIT :limit",
-            {"owner": owner, "created_at": created_at, "id": task_id or "\uffff", "limit": limit})
+            f"SELECT * FROM tasks WHERE owner = :owner {after_cursor} ORDER BY created_at DESC, id DESC LIMIT :limit",
+            {"owner": owner, "created_at": created_at, "id": task_id, "limit": limit})
         return [_decode(row) for row in rows]
 
 

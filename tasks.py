@@ -1,4 +1,5 @@
 """What happens to a task: queueing it, learning of its end (webhook or reconcile), cancelling it."""
+import asyncio
 import logging
 import secrets
 from datetime import datetime, timezone
@@ -32,7 +33,8 @@ def task_json(task: dict) -> dict:
     return {"id": task["id"], "status": task["status"], "prompt": task["prompt"], "model": task["model"],
             "reasoning_effort": task["reasoning_effort"], "output_text": task["output_text"], "error": task["error"],
             "usage": task["usage"], "response_id": task["response_id"], "created_at": iso(task["created_at"]),
-            "updated_at": iso(task["updated_at"]), "completed_at": iso(task["completed_at"]),
+            "updated_at": iso(task["updated_at"]), "started_at": iso(task["started_at"]),
+            "completed_at": iso(task["completed_at"]),
             "status_url": f"/api/status/{task['id']}"}
 
 
@@ -83,6 +85,11 @@ class TaskService:
             await self.store.advance(task["id"], "failed", error=NOT_FOUND_MESSAGE)
             return
         await self._record(task["id"], state)
+
+    async def read_many(self, tasks: list[dict]) -> list[dict]:
+        "Tasks as listed, each running one refreshed as `read_quietly` would."
+        async def fresh(task): return task if is_terminal(task) else await self.read_quietly(task["id"])
+        return list(await asyncio.gather(*map(fresh, tasks)))
 
     async def read_quietly(self, task_id: str) -> dict | None:
         "Like read, but a failed check with OpenAI leaves the stored task as it was (the next poll retries)."

@@ -5,8 +5,9 @@ import time
 
 from fasthtml.common import (A, Article, Button, Div, Footer, Form, Header, Hidden, Label, Link, Main, Meta,
                              Option, P, Script, Section, Select, Small, Span, Strong, Textarea, Title, Details,
-                             Summary, H1, Html, Head, Body)
+                             Summary, H1, Html, Head, Body, NotStr)
 
+from render import markdown_html
 from store import TERMINAL
 
 HTMX_CONFIG = {
@@ -26,10 +27,19 @@ def duration(seconds: float) -> str:
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
-def elapsed(task: dict) -> str:
-    if task["status"] in TERMINAL and task["completed_at"]:
-        return f"took {duration(task['completed_at'] - task['created_at'])}"
-    return f"running for {duration(time.time() - task['created_at'])}"
+def timing(task: dict) -> str:
+    "Elapsed time, and how long the task waited in OpenAI's queue when that is known."
+    end = task["completed_at"] if task["status"] in TERMINAL and task["completed_at"] else time.time()
+    said = f"took {duration(end - task['created_at'])}" if task["status"] in TERMINAL else f"running for {duration(end - task['created_at'])}"
+    if task["started_at"]: said += f" (queued {duration(task['started_at'] - task['created_at'])})"
+    return said
+
+
+def usage_note(usage: dict | None):
+    if not usage: return None
+    reasoning = (usage.get("output_tokens_details") or {}).get("reasoning_tokens", 0)
+    return Small(f"Tokens: {usage.get('input_tokens', 0)} in · {usage.get('output_tokens', 0)} out"
+                 f"{f' ({reasoning} reasoning)' if reasoning else ''}", cls="task-usage")
 
 
 def status_badge(status: str):
@@ -38,8 +48,14 @@ def status_badge(status: str):
 
 def task_result(task: dict):
     if task["error"]: return Div(task["error"], cls="task-error", role="alert")
-    if task["output_text"]: return Div(task["output_text"], cls="task-output")
+    if task["output_text"]: return Div(NotStr(markdown_html(task["output_text"])), cls="task-output")
     return None
+
+
+def cancel_button(task: dict):
+    if task["status"] in TERMINAL or not task["response_id"]: return None
+    return Button("Cancel", hx_post=f"/api/cancel/{task['id']}", hx_target=f"#task-{task['id']}", hx_swap="outerHTML",
+                  cls="secondary outline cancel", hx_disabled_elt="this")
 
 
 def task_card(task: dict):
@@ -47,11 +63,17 @@ def task_card(task: dict):
     polling = {} if task["status"] in TERMINAL else {
         "hx_get": f"/api/status/{task['id']}", "hx_trigger": "every 2s", "hx_swap": "outerHTML"}
     return Article(
-        Header(status_badge(task["status"]), Small(f" {task['model']} · {elapsed(task)}", cls="task-meta")),
+        Header(status_badge(task["status"]), Small(f" {task['model']}{model_effort(task)} · {timing(task)}", cls="task-meta"),
+               cancel_button(task)),
         Details(Summary(task["prompt"][:120] + ("…" if len(task["prompt"]) > 120 else "")),
                 Div(task["prompt"], cls="task-prompt")),
         task_result(task),
+        usage_note(task["usage"]),
         id=f"task-{task['id']}", cls="task", data_task_id=task["id"], **polling)
+
+
+def model_effort(task: dict) -> str:
+    return f" ({task['reasoning_effort']} reasoning)" if task["reasoning_effort"] else ""
 
 
 def model_picker(models: tuple[str, ...]):
@@ -59,12 +81,17 @@ def model_picker(models: tuple[str, ...]):
     return Label("Model", Select(*[Option(m, value=m) for m in models], name="model"))
 
 
+def effort_picker():
+    return Label("Reasoning effort", Select(*[Option(e or "model default", value=e) for e in REASONING_EFFORTS],
+                                            name="reasoning_effort"))
+
+
 def prompt_form(models: tuple[str, ...], max_chars: int, **attrs):
     "The prompt form; every render carries a fresh idempotency key, so a double submit queues once."
     return Form(
         Label("Prompt", Textarea(name="prompt", rows=8, required=True, maxlength=max_chars,
                                  placeholder="A deep-research question, a long report to write…")),
-        Div(model_picker(models), cls="form-options"),
+        Div(model_picker(models), effort_picker(), cls="form-options grid"),
         Hidden(name="idempotency_key", value=secrets.token_urlsafe(16)),
         Button("Queue Task", type="submit"),
         id="prompt-form", hx_post="/api/queue", hx_target="#tasks", hx_swap="afterbegin",

@@ -16,7 +16,8 @@ sys.path.insert(0, str(ROOT))
 
 from app import create_app  # noqa: E402
 from config import Settings  # noqa: E402
-from emulator import signed_headers  # noqa: E402
+from config import new_webhook_secret  # noqa: E402
+from emulator import Emulator, signed_headers  # noqa: E402
 
 
 async def wait_for(condition, timeout: float = 10.0, interval: float = 0.05):
@@ -39,10 +40,10 @@ def settings(tmp_path) -> Settings:
 class AppHarness:
     """An app with the real SDK, the emulator and a real SQLite file, and an HTTP client bound to it."""
 
-    def __init__(self, app):
+    def __init__(self, app, emulator=None):
         self.app = app
         self.client = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url="http://testserver")
-        self.emulator = app.state.gateway.emulator
+        self.emulator = emulator or app.state.gateway.emulator
         self.secret = app.state.gateway.webhook_secret
 
     async def store(self): return (await self.app.state.service()).store
@@ -78,6 +79,26 @@ async def make_harness(settings):
         return made[-1]
     yield make
     for harness in made: await harness.close()
+
+
+@pytest.fixture
+async def make_openai_harness(settings):
+    """Apps in OpenAI mode (a key set) whose SDK reaches an emulator instead of the network."""
+    made = []
+
+    async def make(**overrides) -> AppHarness:
+        openai_settings = replace(settings, openai_api_key="sk-proj-TESTKEY0123456789abcdef", webhook_secret=new_webhook_secret(),
+                                  base_url="http://emulator.test/v1", **overrides)
+        emulator = Emulator(None, openai_settings.webhook_secret, openai_settings.demo_delay_seconds)
+        http_client = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=emulator.app))
+        app = create_app(openai_settings, http_client=http_client)
+        emulator.webhook_target = app
+        made.append(AppHarness(app, emulator))
+        return made[-1]
+    yield make
+    for harness in made:
+        await harness.emulator.stop()
+        await harness.close()
 
 
 @pytest.fixture
