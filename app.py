@@ -5,7 +5,6 @@ import binascii
 import json
 import logging
 import os
-import secrets
 from pathlib import Path
 
 from fasthtml.common import FastHTML, serve, to_xml
@@ -13,14 +12,16 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 import ui
 from config import Settings, load_settings
 from openai_client import OpenAIError, OpenAIGateway, WebhookNotConfigured, WebhookRejected
-from middleware import BodyLimit
+from access import PUBLIC_PATHS, Gate, is_cross_site
+from limiter import Limited, QueueLimits
+from middleware import BodyLimit, SecurityHeaders
 from store import StoreUnavailable, store_for, store_kind
 from tasks import QueueRefused, TaskService, task_json
 
@@ -113,21 +114,71 @@ async def store_down(request: Request, exc: StoreUnavailable):
                                         "database is running, then try again", "store_unavailable")
 
 
+def queue_request(fields: dict, headers, settings: Settings) -> dict:
+    "The queue request's arguments, checked; BadRequest says what is wrong."
+    prompt = text_field(fields, "prompt")
+    if prompt is not None: prompt = prompt.replace("\r\n", "\n")
+    model = text_field(fields, "model") or settings.model
+    effort = text_field(fields, "reasoning_effort") or None
+    key = headers.get("idempotency-key") or text_field(fields, "idempotency_key") or None
+    if prompt is None or not prompt.strip():
+        raise BadRequest(400, "The prompt is empty: write what you want the model to do", "empty_prompt")
+    if len(prompt) > settings.max_prompt_chars:
+        raise BadRequest(413, f"The prompt has {len(prompt)} characters; the limit is {settings.max_prompt_chars} "
+                              "(MAX_PROMPT_CHARS)", "prompt_too_long")
+    if model not in settings.allowed_models:
+        raise BadRequest(400, f"Unknown model {model[:60]!r}: choose one of {', '.join(settings.allowed_models)}", "unknown_model")
+    if effort not in ui.REASONING_EFFORTS[1:] + (None,):
+        raise BadRequest(400, f"Unknown reasoning_effort: choose one of {', '.join(ui.REASONING_EFFORTS[1:])}",
+                         "unknown_reasoning_effort")
+    if key is not None and len(key) > 200: raise BadRequest(400, "The idempotency key is over 200 characters")
+    return {"prompt": prompt, "model": model, "reasoning_effort": effort, "idempotency_key": key}
+
+
+def retry_header(retry_after) -> dict | None:
+    return {"Retry-After": str(retry_after)} if retry_after else None
+
+
+def session_key(settings: Settings) -> str | None:
+    "SESSION_SECRET, or locally a key kept in data/.sesskey; on Vercel SESSION_SECRET is required."
+    if settings.session_secret: return settings.session_secret
+    if settings.on_vercel:
+        raise SystemExit("SESSION_SECRET is not set: on Vercel sessions need a fixed key. Set it in the project's "
+                         "Environment Variables (make one with: python -c 'import secrets; print(secrets.token_hex(32))')")
+    return None
+
+
 def create_app(settings: Settings | None = None, http_client=None) -> FastHTML:
     "The app; `http_client` stands in for the network to OpenAI (tests aim it at an emulator)."
     settings = settings or load_settings()
-    if settings.on_vercel and not settings.session_secret:
-        raise SystemExit("SESSION_SECRET is not set: on Vercel sessions need a fixed key. "
-                         "Set it in the project's Environment Variables (e.g. `python -c 'import secrets; print(secrets.token_hex(32))'`)")
-    key_file = Path("data/.sesskey")
-    if not settings.session_secret: key_file.parent.mkdir(exist_ok=True)
-    app = FastHTML(default_hdrs=False, secret_key=settings.session_secret or None, key_fname=str(key_file),
-                   session_cookie="session", same_site="lax", title="Background prompts",
+    secret_key = session_key(settings)
+    if secret_key is None: Path("data").mkdir(exist_ok=True)
+    gate = Gate(list(settings.access_tokens))
+    exposed = settings.on_vercel and not gate.on and not settings.demo
+    if exposed: log.warning("APP_ACCESS_TOKENS is not set: anyone with this app's URL can spend your OpenAI key and read every result")
+
+    def before(request: Request, session):
+        "Refuse cross-site writes, then find the caller's owner (or send them to sign in)."
+        bearer = "authorization" in request.headers
+        if request.method == "POST" and not bearer and is_cross_site(request):
+            return error_response(request, 403, "Cross-site request refused: use the app's own page or the API with a token", "cross_site")
+        owner = gate.bearer_owner(request) if bearer else gate.session_owner(session)
+        if owner is None and request.url.path not in PUBLIC_PATHS:
+            if request.url.path.startswith("/api/") and not wants_html(request):
+                return json_error(401, "Missing or wrong access token: send Authorization: Bearer <token> (one of APP_ACCESS_TOKENS)",
+                                  "unauthorized", {"WWW-Authenticate": "Bearer"})
+            return Response(status_code=401, headers={"HX-Redirect": "/signin"}) if wants_html(request) else RedirectResponse("/signin", 303)
+        request.scope["auth"] = owner
+
+    app = FastHTML(default_hdrs=False, secret_key=secret_key, key_fname="data/.sesskey", session_cookie="session",
+                   same_site="lax", title="Background prompts", before=before,
                    exception_handlers={StoreUnavailable: store_down, HTTPException: http_error, 404: http_error, 405: http_error},
-                   middleware=[Middleware(BodyLimit, limit=settings.max_body_bytes, refuse=body_too_large)],
+                   middleware=[Middleware(SecurityHeaders),
+                               Middleware(BodyLimit, limit=settings.max_body_bytes, refuse=body_too_large)],
                    routes=[Mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")])
     rt = app.route
     gateway = OpenAIGateway(settings, webhook_target=app, http_client=http_client)
+    queue_limits = QueueLimits(settings.queue_rate, settings.rate_limit_storage_url, settings.max_running_per_owner)
     state = {"service": None}
     ready = asyncio.Lock()
 
@@ -152,77 +203,73 @@ def create_app(settings: Settings | None = None, http_client=None) -> FastHTML:
     def fresh_form():
         return ui.prompt_form(settings.allowed_models, settings.max_prompt_chars, hx_swap_oob="true")
 
-    def owner_of(session) -> str:
-        if "owner" not in session: session["owner"] = "browser_" + secrets.token_urlsafe(12)
-        return session["owner"]
+    async def owned_task(task_id: str, owner: str) -> dict | None:
+        "The task, if this owner may see it: with the gate on, only its owner may."
+        task = await (await service()).read_quietly(task_id)
+        return None if task is None or (gate.on and task["owner"] != owner) else task
 
     @rt("/", methods=["get"])
-    async def index(session):
+    async def index(auth):
         svc = await service()
-        tasks = await svc.read_many(await svc.store.list_for_owner(owner_of(session), RECENT_TASKS))
-        return ui.page(tasks, settings.demo, settings.allowed_models, settings.max_prompt_chars)
+        tasks = await svc.read_many(await svc.store.list_for_owner(auth, RECENT_TASKS))
+        return ui.page(tasks, settings.demo, settings.allowed_models, settings.max_prompt_chars, exposed=exposed,
+                       signed_in=gate.on)
+
+    @rt("/signin", methods=["get"])
+    async def signin_page():
+        return ui.signin_page() if gate.on else RedirectResponse("/", 303)
+
+    @rt("/signin", methods=["post"])
+    async def signin(session, token: str = ""):
+        if not gate.on or gate.sign_in(session, token.strip()): return RedirectResponse("/", 303)
+        return HTMLResponse(to_xml(ui.signin_page("That token is not one of APP_ACCESS_TOKENS.")), status_code=401)
+
+    @rt("/signout", methods=["post"])
+    async def signout(session):
+        session.clear()
+        return RedirectResponse("/signin" if gate.on else "/", 303)
 
     @rt("/api/queue", methods=["post"])
-    async def queue(request: Request, session):
-        try:
-            fields = await parse_fields(request)
-            prompt = text_field(fields, "prompt")
-            model = text_field(fields, "model") or settings.model
-            reasoning_effort = text_field(fields, "reasoning_effort") or None
-            key = request.headers.get("idempotency-key") or text_field(fields, "idempotency_key") or None
-            if prompt is None or not prompt.strip(): raise BadRequest(400, "The prompt is empty: write what you want the model to do", "empty_prompt")
-            if len(prompt) > settings.max_prompt_chars:
-                raise BadRequest(413, f"The prompt has {len(prompt)} characters; the limit is {settings.max_prompt_chars} "
-                                      "(MAX_PROMPT_CHARS)", "prompt_too_long")
-            if model not in settings.allowed_models:
-                raise BadRequest(400, f"Unknown model {model[:60]!r}: choose one of {', '.join(settings.allowed_models)}", "unknown_model")
-            if reasoning_effort not in ui.REASONING_EFFORTS[1:] + (None,):
-                raise BadRequest(400, f"Unknown reasoning_effort: choose one of {', '.join(ui.REASONING_EFFORTS[1:])}", "unknown_reasoning_effort")
-            if key is not None and len(key) > 200: raise BadRequest(400, "The idempotency key is over 200 characters")
-        except BadRequest as exc:
-            return error_response(request, exc.status, exc.message, exc.kind)
-        owner = owner_of(session)
-        try:
-            task, _ = await (await service()).queue(owner, prompt, model, reasoning_effort, key)
+    async def queue(request: Request, auth):
+        try: args = queue_request(await parse_fields(request), request.headers, settings)
+        except BadRequest as exc: return error_response(request, exc.status, exc.message, exc.kind)
+        svc = await service()
+        try: await queue_limits.admit(auth, await svc.store.count_running(auth))
+        except Limited as exc: return error_response(request, 429, exc.message, "rate_limited", retry_header(exc.retry_after))
+        try: task, _ = await svc.queue(auth, **args)
         except QueueRefused as refused:
             exc = refused.error
-            retry = {"Retry-After": exc.retry_after} if exc.retry_after else None
-            if not wants_html(request): return json_error(exc.status, exc.message, exc.kind, retry)
-            return fragment((ui.task_card(refused.task), fresh_form()), exc.status, retry)
-        if wants_html(request):
-            return fragment((ui.task_card(task), fresh_form(), ui.form_error(oob=True)), 202)
+            if not wants_html(request): return json_error(exc.status, exc.message, exc.kind, retry_header(exc.retry_after))
+            return fragment((ui.task_card(refused.task), fresh_form()), exc.status, retry_header(exc.retry_after))
+        if wants_html(request): return fragment((ui.task_card(task), fresh_form(), ui.form_error(oob=True)), 202)
         return JSONResponse(task_json(task), status_code=202, headers={"Location": f"/api/status/{task['id']}"})
 
     @rt("/api/status/{task_id}", methods=["get"])
-    async def status(request: Request, task_id: str):
-        task = await (await service()).read_quietly(task_id)
+    async def status(request: Request, task_id: str, auth):
+        task = await owned_task(task_id, auth)
         if task is None: return not_found(request, task_id)
-        if wants_html(request): return fragment(ui.task_card(task))
-        return JSONResponse(task_json(task))
+        return fragment(ui.task_card(task)) if wants_html(request) else JSONResponse(task_json(task))
 
     @rt("/api/cancel/{task_id}", methods=["post"])
-    async def cancel(request: Request, task_id: str):
-        svc = await service()
-        task = await svc.store.get(task_id)
+    async def cancel(request: Request, task_id: str, auth):
+        task = await owned_task(task_id, auth)
         if task is None: return not_found(request, task_id)
-        try: task = await svc.cancel(task)
-        except OpenAIError as exc:
-            retry = {"Retry-After": exc.retry_after} if exc.retry_after else None
-            return error_response(request, exc.status, exc.message, exc.kind, retry)
+        try: task = await (await service()).cancel(task)
+        except OpenAIError as exc: return error_response(request, exc.status, exc.message, exc.kind, retry_header(exc.retry_after))
         return fragment(ui.task_card(task)) if wants_html(request) else JSONResponse(task_json(task))
 
     @rt("/api/tasks", methods=["get"])
-    async def tasks(session, cursor: str = "", limit: int = 20):
-        try: before = decode_cursor(cursor) if cursor else None
+    async def tasks(auth, cursor: str = "", limit: int = 20):
+        try: before_cursor = decode_cursor(cursor) if cursor else None
         except ValueError: return json_error(400, "Malformed cursor: pass back next_cursor as it was given", "invalid_cursor")
         limit = max(1, min(limit, 100))
-        page = await (await service()).store.list_for_owner(owner_of(session), limit + 1, before)
+        page = await (await service()).store.list_for_owner(auth, limit + 1, before_cursor)
         more = len(page) > limit
         return JSONResponse({"tasks": [task_json(t) for t in page[:limit]],
                              "next_cursor": encode_cursor(page[limit - 1]) if more else None})
 
     async def webhook(request: Request):
-        "OpenAI's webhook, a plain Starlette route so that nothing parses the body before it is verified."
+        "OpenAI's webhook: a plain Starlette route, so nothing parses the body before it is verified (its signature is its guard)."
         try:
             webhook_id, event_type, response_id = gateway.unwrap(await request.body(), request.headers)
         except WebhookRejected as exc:
@@ -246,8 +293,7 @@ def create_app(settings: Settings | None = None, http_client=None) -> FastHTML:
         body = {"status": "ok", "mode": settings.mode, "store": store_kind(settings.database_url),
                 "webhook_secret": bool(settings.effective_webhook_secret)}
         try: await (await service()).store.ping()
-        except StoreUnavailable:
-            return JSONResponse({**body, "status": "unavailable"}, status_code=503)
+        except StoreUnavailable: return JSONResponse({**body, "status": "unavailable"}, status_code=503)
         return JSONResponse(body)
 
     return app

@@ -42,6 +42,10 @@ class Settings:
     demo_delay_seconds: float = 3.0
     demo_webhooks: bool = True
     reconcile_seconds: float = 5.0
+    access_tokens: tuple[str, ...] = ()
+    queue_rate: str = "10/minute"
+    rate_limit_storage_url: str = "memory://"
+    max_running_per_owner: int = 5
     on_vercel: bool = False
     generated_secret: str = field(default_factory=new_webhook_secret)
 
@@ -65,7 +69,16 @@ class Settings:
         return self.max_prompt_chars * 4 + 64 * 1024
 
 
+def load_dotenv(path: str = ".env"):
+    "Read KEY=VALUE lines from .env into the environment; variables already set win."
+    if not os.path.exists(path): return
+    for line in open(path, encoding="utf-8"):
+        key, sep, value = line.strip().partition("=")
+        if sep and key and not key.startswith("#"): os.environ.setdefault(key.strip(), value.strip().strip("'\""))
+
+
 def load_settings() -> Settings:
+    load_dotenv()
     model = os.environ.get("OPENAI_MODEL", "").strip() or "gpt-5-mini"
     return Settings(
         openai_api_key=os.environ.get("OPENAI_API_KEY", "").strip(),
@@ -80,5 +93,9 @@ def load_settings() -> Settings:
         demo_delay_seconds=_float("DEMO_DELAY_SECONDS", 3.0),
         demo_webhooks=os.environ.get("DEMO_WEBHOOKS", "on").strip().lower() not in ("off", "0", "false", "no"),
         reconcile_seconds=_float("RECONCILE_SECONDS", 5.0),
+        access_tokens=tuple(_list("APP_ACCESS_TOKENS")),
+        queue_rate=os.environ.get("QUEUE_RATE", "").strip() or "10/minute",
+        rate_limit_storage_url=os.environ.get("RATE_LIMIT_STORAGE_URL", "").strip() or "memory://",
+        max_running_per_owner=_int("MAX_RUNNING_PER_OWNER", 5),
         on_vercel=bool(os.environ.get("VERCEL")),
     )

@@ -38,3 +38,29 @@ class BodyLimit:
         except BodyTooLarge:
             if started: raise
             await self.refuse(scope, self.limit)(scope, receive, send)
+
+
+CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+                           "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+SECURITY_HEADERS = [(b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
+                    (b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"same-origin"),
+                    (b"x-frame-options", b"DENY")]
+
+
+class SecurityHeaders:
+    """Add the security headers to every response, and mark cookies Secure when the request came over HTTPS."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http": return await self.app(scope, receive, send)
+        https = scope.get("scheme") == "https"
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                headers = [(k, v + b"; Secure" if https and k == b"set-cookie" and b"secure" not in v.lower() else v)
+                           for k, v in message.get("headers", [])]
+                message = {**message, "headers": headers + SECURITY_HEADERS}
+            await send(message)
+        await self.app(scope, receive, send_with_headers)

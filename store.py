@@ -119,6 +119,10 @@ class SqlTaskStore:
         "Forget a webhook id whose handling failed, so that OpenAI's retry is handled."
         await self._execute("DELETE FROM webhook_events WHERE id = :id", {"id": webhook_id})
 
+    async def count_running(self, owner: str) -> int:
+        rows = await self._fetch(f"SELECT COUNT(*) AS n FROM tasks WHERE owner = :owner AND {RANK_SQL} < 2", {"owner": owner})
+        return rows[0]["n"]
+
     async def list_for_owner(self, owner: str, limit: int = 20, before: tuple[float, str] | None = None) -> list[dict]:
         "The owner's tasks, newest first; `before` is the (created_at, id) of the last task of the previous page."
         after_cursor = "AND (created_at < :created_at OR (created_at = :created_at AND id < :id))" if before else ""

@@ -5,7 +5,7 @@ import time
 
 from fasthtml.common import (A, Article, Button, Div, Footer, Form, Header, Hidden, Label, Link, Main, Meta,
                              Option, P, Script, Section, Select, Small, Span, Strong, Textarea, Title, Details,
-                             Summary, H1, Html, Head, Body, NotStr)
+                             Summary, H1, Html, Head, Body, NotStr, Input)
 
 from render import markdown_html
 from store import TERMINAL
@@ -30,8 +30,9 @@ def duration(seconds: float) -> str:
 def timing(task: dict) -> str:
     "Elapsed time, and how long the task waited in OpenAI's queue when that is known."
     end = task["completed_at"] if task["status"] in TERMINAL and task["completed_at"] else time.time()
-    said = f"took {duration(end - task['created_at'])}" if task["status"] in TERMINAL else f"running for {duration(end - task['created_at'])}"
-    if task["started_at"]: said += f" (queued {duration(task['started_at'] - task['created_at'])})"
+    verb = {"queued": "waiting for", "in_progress": "running for"}.get(task["status"], "took")
+    said = f"{verb} {duration(end - task['created_at'])}"
+    if task["started_at"] and task["status"] != "queued": said += f", {duration(task['started_at'] - task['created_at'])} of it queued"
     return said
 
 
@@ -48,7 +49,7 @@ def status_badge(status: str):
 
 def task_result(task: dict):
     if task["error"]: return Div(task["error"], cls="task-error", role="alert")
-    if task["output_text"]: return Div(NotStr(markdown_html(task["output_text"])), cls="task-output")
+    if task["output_text"]: return Div(Small("Result", cls="task-label"), Div(NotStr(markdown_html(task["output_text"])), cls="task-output"))
     return None
 
 
@@ -117,7 +118,18 @@ def task_list(tasks: list[dict]):
     return Section(*[task_card(t) for t in tasks], id="tasks", aria_live="polite")
 
 
-def page(tasks: list[dict], demo: bool, models: tuple[str, ...], max_chars: int):
+def exposed_banner():
+    return P(Strong("This app is open to anyone. "), "It runs with your OpenAI key on a public host and "
+             "APP_ACCESS_TOKENS is not set: anyone with its URL can spend your key and read every result. "
+             "Set APP_ACCESS_TOKENS.", cls="exposed-banner", role="alert")
+
+
+def signout_form():
+    return Form(Button("Sign out", type="submit", cls="secondary outline"), method="post", action="/signout", cls="signout")
+
+
+def layout(*content):
+    "The HTML document: only the app's own scripts and styles (the CSP allows nothing else)."
     return Html(
         Head(Title("Background prompts"), Meta(charset="utf-8"),
              Meta(name="viewport", content="width=device-width, initial-scale=1"),
@@ -125,14 +137,27 @@ def page(tasks: list[dict], demo: bool, models: tuple[str, ...], max_chars: int)
              Link(rel="stylesheet", href="/static/vendor/pico.min.css"),
              Link(rel="stylesheet", href="/static/app.css"),
              Script(src="/static/vendor/htmx.min.js", defer=True)),
-        Body(Main(
-            Header(H1("Background prompts"),
-                   P("Queue a long prompt as an OpenAI background response. You may close this tab: "
-                     "the result is kept, and shown here when it is ready.")),
-            demo_banner() if demo else None,
-            prompt_form(models, max_chars),
-            form_error(),
-            task_list(tasks),
-            Footer(Small(A("health", href="/health"), " · ", "JSON API: POST /api/queue, GET /api/status/{id}")),
-            cls="container")),
+        Body(Main(*content, cls="container")),
         lang="en")
+
+
+def page(tasks: list[dict], demo: bool, models: tuple[str, ...], max_chars: int, exposed=False, signed_in=False):
+    return layout(
+        Header(H1("Background prompts"),
+               P("Queue a long prompt as an OpenAI background response. You may close this tab: "
+                 "the result is kept, and shown here when it is ready."),
+               signout_form() if signed_in else None),
+        demo_banner() if demo else None,
+        exposed_banner() if exposed else None,
+        prompt_form(models, max_chars),
+        form_error(),
+        task_list(tasks),
+        Footer(Small(A("health", href="/health"), " · ", "JSON API: POST /api/queue, GET /api/status/{id}, GET /api/tasks")))
+
+
+def signin_page(error: str = ""):
+    return layout(
+        Header(H1("Background prompts"), P("This app is private: sign in with an access token.")),
+        Form(Label("Access token", Input(type="password", name="token", required=True, autocomplete="current-password")),
+             Div(error, cls="form-error", role="alert") if error else None,
+             Button("Sign in", type="submit"), method="post", action="/signin"))

@@ -138,3 +138,9 @@ async def test_static_files_are_served_from_the_static_folder_only(harness):
     assert (await harness.client.get("/static/vendor/htmx.min.js")).status_code == 200
     for path in ("/app.py", "/requirements.txt", "/.env", "/static/../app.py", "/data/tasks.db"):
         assert (await harness.client.get(path)).status_code == 404, path
+
+
+async def test_browser_line_breaks_count_as_one_character(make_harness):
+    harness = await make_harness(max_prompt_chars=3)
+    response = await harness.client.post("/api/queue", files={"prompt": (None, "a\r\nb")})
+    assert response.status_code == 202 and response.json()["prompt"] == "a\nb"
