@@ -1,0 +1,662 @@
+"""Benchmarks of the app against a bare Starlette app, measured in the same run.
+
+`.venv/bin/python bench/run.py` (or `make bench`) starts every server itself on free 127.0.0.1
+ports (uvicorn, one worker, `--log-level warning`, no access log), measures, prints a Markdown
+table and writes it to bench/results/latest.md. Every load goes to 127.0.0.1 and is bounded in
+count and time; every child process is stopped on exit, on error and on Ctrl-C.
+
+1. GET /api/status/{id} of a completed task, JSON and HTMX fragment: wrk req/s and p99, vs bare.
+2. Verified webhook deliveries at a fixed rate: ack latency, errors, achieved rate, vs bare POST.
+3. The status read with 100,000 stored tasks vs 100.
+4. OpenAI retrieves per task while 100 viewers poll /api/status every 2 s.
+
+The app runs in OpenAI mode against the standalone emulator (`python emulator.py`).
+`--database-url postgresql://...` runs every app on PostgreSQL (a fresh schema each, dropped after).
+"""
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import json
+import os
+import platform
+import re
+import secrets
+import shlex
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+sys.path.insert(0, str(ROOT))
+
+import httpx2  # noqa: E402
+
+from config import new_webhook_secret  # noqa: E402
+from emulator import signed_headers  # noqa: E402
+from store import TASK_COLUMNS  # noqa: E402
+
+PYTHON = sys.executable
+WRK_SCRIPT = BENCH / "wrk.lua"
+RESULTS = BENCH / "results" / "latest.md"
+RECONCILE_SECONDS = 5.0  # the app's default; the app is started without RECONCILE_SECONDS set
+APP_ENV_NAMES = ("OPENAI_API_KEY", "OPENAI_WEBHOOK_SECRET", "OPENAI_BASE_URL", "OPENAI_MODEL", "OPENAI_MODELS",
+                 "DATABASE_URL", "SESSION_SECRET", "PORT", "MAX_PROMPT_CHARS", "DEMO_DELAY_SECONDS", "DEMO_WEBHOOKS",
+                 "RECONCILE_SECONDS", "VERCEL", "EMULATOR_PORT", "EMULATOR_WEBHOOK_URL", "HOST")
+PROMPT = ("Write a long report on how tides form: the Moon and the Sun, spring and neap tides, "
+          "and why some bays have two high tides a day and others one.")
+
+
+class BenchError(Exception):
+    "A benchmark step failed; the message says which and why."
+
+
+# ---------------------------------------------------------------- child processes
+
+def _die_with_parent():
+    "In the child: get SIGTERM if this script dies, so no server outlives it even on SIGKILL."
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen
+    log: Path
+    url: str
+
+    def log_tail(self, lines: int = 30) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+
+class Children:
+    """The processes this script started; each is stopped by its own pid."""
+
+    def __init__(self, workdir: Path):
+        self.workdir, self.running = workdir, []
+
+    def start(self, name: str, args: list[str], env: dict, port: int) -> Child:
+        log = self.workdir / f"{name}.log"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent)
+        child = Child(name, proc, log, f"http://127.0.0.1:{port}")
+        self.running.append(child)
+        return child
+
+    def stop(self, child: Child, timeout: float = 8.0):
+        if child.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError): child.proc.send_signal(signal.SIGTERM)
+            try: child.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError): child.proc.kill()
+                child.proc.wait(5)
+        if child in self.running: self.running.remove(child)
+
+    def stop_all(self):
+        for child in reversed(list(self.running)): self.stop(child)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def uvicorn_args(target: str, port: int, app_dir: Path = ROOT) -> list[str]:
+    return [PYTHON, "-m", "uvicorn", target, "--app-dir", str(app_dir), "--host", "127.0.0.1", "--port", str(port),
+            "--workers", "1", "--log-level", "warning", "--no-access-log"]
+
+
+def wait_ready(child: Child, path: str, timeout: float = 30.0):
+    "Poll `path` until it answers 200; fail with the child's log if it exits or the time runs out."
+    deadline = time.monotonic() + timeout
+    with httpx2.Client(timeout=2) as client:
+        while time.monotonic() < deadline:
+            if child.proc.poll() is not None:
+                raise BenchError(f"{child.name} exited with {child.proc.returncode}:\n{child.log_tail()}")
+            with contextlib.suppress(httpx2.HTTPError):
+                if client.get(child.url + path).status_code == 200: return
+            time.sleep(0.1)
+    raise BenchError(f"{child.name} did not answer {path} within {timeout:.0f} s:\n{child.log_tail()}")
+
+
+def base_env() -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in APP_ENV_NAMES}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+# ---------------------------------------------------------------- stores
+
+def filler_row(i: int, now: float) -> dict:
+    "A completed task as the app stores one, unique by `i`."
+    output = f"[Demo mode] Answer {i}. " + "The tide rises and falls twice a day in most places. " * 6
+    return {"id": f"task_fill{i:010d}", "response_id": f"resp_fill{i:044d}", "owner": f"browser_bench{i % 997:05d}",
+            "idempotency_key": None, "status": "completed", "prompt": f"{PROMPT} ({i})", "model": "gpt-5-mini",
+            "reasoning_effort": None, "output_text": output, "error": None,
+            "usage": json.dumps({"input_tokens": 30, "output_tokens": 60, "total_tokens": 90}),
+            "created_at": now - 86400 + i * 0.01, "updated_at": now - 86000 + i * 0.01,
+            "started_at": now - 86399 + i * 0.01, "completed_at": now - 86000 + i * 0.01, "checked_at": None}
+
+
+class SqliteStores:
+    kind = "sqlite"
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+
+    def new_url(self, label: str) -> str:
+        return f"sqlite:///{self.workdir / label / 'tasks.db'}"
+
+    @staticmethod
+    def _path(url: str) -> str: return url.split(":///", 1)[1]
+
+    def fetch_row(self, url: str, task_id: str) -> dict:
+        with contextlib.closing(sqlite3.connect(self._path(url))) as db:
+            db.row_factory = sqlite3.Row
+            row = db.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        if row is None: raise BenchError(f"task {task_id} is not in {url}")
+        return dict(row)
+
+    def insert(self, url: str, rows):
+        columns = ", ".join(TASK_COLUMNS)
+        sql = f"INSERT INTO tasks ({columns}) VALUES ({', '.join('?' * len(TASK_COLUMNS))})"
+        with contextlib.closing(sqlite3.connect(self._path(url), timeout=30)) as db:
+            with db:
+                db.executemany(sql, ([row[c] for c in TASK_COLUMNS] for row in rows))
+            db.execute("ANALYZE")
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def close(self): pass
+
+
+class PostgresStores:
+    kind = "postgresql"
+
+    def __init__(self, url: str):
+        import psycopg
+        self.psycopg, self.url, self.schemas = psycopg, url, []
+
+    def new_url(self, label: str) -> str:
+        schema = f"bench_{label}_{secrets.token_hex(4)}"
+        with self.psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(f"CREATE SCHEMA {schema}")
+        self.schemas.append(schema)
+        return f"{self.url}{'&' if '?' in self.url else '?'}options=-csearch_path%3D{schema}"
+
+    def fetch_row(self, url: str, task_id: str) -> dict:
+        from psycopg.rows import dict_row
+        with self.psycopg.connect(url, row_factory=dict_row) as conn:
+            row = conn.execute("SELECT * FROM tasks WHERE id = %s", (task_id,)).fetchone()
+        if row is None: raise BenchError(f"task {task_id} is not in the bench schema")
+        return dict(row)
+
+    def insert(self, url: str, rows):
+        with self.psycopg.connect(url, autocommit=True) as conn:
+            with conn.cursor().copy(f"COPY tasks ({', '.join(TASK_COLUMNS)}) FROM STDIN") as copy:
+                for row in rows: copy.write_row([row[c] for c in TASK_COLUMNS])
+            conn.execute("ANALYZE tasks")
+
+    def close(self):
+        with contextlib.suppress(Exception), self.psycopg.connect(self.url, autocommit=True) as conn:
+            for schema in self.schemas: conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        self.schemas = []
+
+
+# ---------------------------------------------------------------- servers
+
+@dataclass
+class Bench:
+    args: argparse.Namespace
+    children: Children
+    stores: object
+    workdir: Path
+    secret: str = field(default_factory=new_webhook_secret)
+
+    def emulator(self, name: str, delay: float, webhook_url: str | None) -> Child:
+        port = free_port()
+        env = {**base_env(), "EMULATOR_PORT": str(port), "DEMO_DELAY_SECONDS": str(delay),
+               "DEMO_WEBHOOKS": "on" if webhook_url else "off", "OPENAI_WEBHOOK_SECRET": self.secret,
+               "EMULATOR_WEBHOOK_URL": webhook_url or "http://127.0.0.1:9/unused"}
+        child = self.children.start(name, [PYTHON, "emulator.py"], env, port)
+        wait_ready(child, "/_emulator/stats")
+        return child
+
+    def app(self, name: str, emulator_url: str, database_url: str, port: int | None = None) -> Child:
+        port = port or free_port()
+        env = {**base_env(), "OPENAI_API_KEY": "bench-not-a-key", "OPENAI_BASE_URL": emulator_url + "/v1",
+               "OPENAI_WEBHOOK_SECRET": self.secret, "DATABASE_URL": database_url,
+               "SESSION_SECRET": secrets.token_hex(32)}
+        child = self.children.start(name, uvicorn_args("app:app", port), env, port)
+        wait_ready(child, "/health")  # also opens the store, so the schema exists from here on
+        return child
+
+    def bare(self, sample_file: Path | None = None) -> Child:
+        port = free_port()
+        env = {**base_env(), **({"BARE_SAMPLE_FILE": str(sample_file)} if sample_file else {})}
+        child = self.children.start("bare", uvicorn_args("bare_app:app", port, BENCH), env, port)
+        wait_ready(child, "/health")
+        return child
+
+
+def queue_tasks(app_url: str, count: int, prompt: str = PROMPT) -> list[dict]:
+    tasks = []
+    with httpx2.Client(base_url=app_url, timeout=30) as client:
+        for i in range(count):
+            answer = client.post("/api/queue", json={"prompt": f"{prompt} (bench {i})"})
+            if answer.status_code != 202: raise BenchError(f"POST /api/queue answered {answer.status_code}: {answer.text[:300]}")
+            tasks.append(answer.json())
+    return tasks
+
+
+def wait_completed(app_url: str, task_id: str, timeout: float = 30.0) -> dict:
+    deadline = time.monotonic() + timeout
+    with httpx2.Client(base_url=app_url, timeout=5) as client:
+        while time.monotonic() < deadline:
+            task = client.get(f"/api/status/{task_id}").json()
+            if task["status"] == "completed": return task
+            time.sleep(0.2)
+    raise BenchError(f"task {task_id} did not complete within {timeout:.0f} s (last status {task['status']})")
+
+
+def emulator_stats(emulator: Child) -> dict:
+    return httpx2.get(emulator.url + "/_emulator/stats", timeout=5).json()
+
+
+# ---------------------------------------------------------------- wrk
+
+@dataclass
+class WrkResult:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    errors: int
+
+
+def wrk(url: str, seconds: float, args: argparse.Namespace, hx: bool = False) -> WrkResult:
+    cmd = ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{max(1, round(seconds))}s", "--latency",
+           "-s", str(WRK_SCRIPT), url]
+    env = {**os.environ, "WRK_HX": "1" if hx else "0"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=seconds + 60)
+    line = next((l for l in done.stdout.splitlines() if l.startswith("BENCH_RESULT ")), None)
+    if done.returncode != 0 or line is None:
+        raise BenchError(f"wrk failed ({done.returncode}): {done.stdout[-500:]} {done.stderr[-500:]}")
+    f = {k: int(v) for k, v in (kv.split("=") for kv in line.split()[1:])}
+    errors = f["connect"] + f["read"] + f["write"] + f["status"] + f["timeout"]
+    return WrkResult(f["requests"] / (f["duration_us"] / 1e6), f["p50_us"] / 1000, f["p99_us"] / 1000, f["requests"], errors)
+
+
+def check_get(url: str, hx: bool, want_type: str):
+    "One request before loading a URL: it must answer 200 with the expected content type."
+    answer = httpx2.get(url, headers={"HX-Request": "true"} if hx else {}, timeout=10)
+    if answer.status_code != 200 or want_type not in answer.headers.get("content-type", ""):
+        raise BenchError(f"GET {url} (hx={hx}) answered {answer.status_code} {answer.headers.get('content-type')}: {answer.text[:200]}")
+    return answer
+
+
+def paired_rounds(configs: dict[str, tuple[str, bool]], args, label: str) -> dict[str, list[WrkResult]]:
+    """Run wrk on each (url, hx) config in turn, `args.rounds` times, interleaved so that noise hits all alike."""
+    results = {name: [] for name in configs}
+    for url, hx in configs.values():  # warm-up: imports, caches, connection set-up
+        wrk(url, args.warmup, args, hx)
+    for r in range(args.rounds):
+        for name, (url, hx) in configs.items():
+            result = wrk(url, args.duration, args, hx)
+            if result.errors: raise BenchError(f"{label} {name}: wrk saw {result.errors} errors of {result.requests}")
+            results[name].append(result)
+            say(f"  {label} round {r + 1}/{args.rounds} {name}: {result.rps:,.0f} req/s, p99 {result.p99_ms:.2f} ms")
+    return results
+
+
+def med(values) -> float: return statistics.median(values)
+
+
+def ratio_of(results, top: str, bottom: str, attr: str) -> float:
+    "Median over rounds of the per-round ratio top/bottom (each round's pair ran back to back)."
+    return med([getattr(a, attr) / getattr(b, attr) for a, b in zip(results[top], results[bottom])])
+
+
+# ---------------------------------------------------------------- scenarios
+
+def say(message: str): print(message, file=sys.stderr, flush=True)
+
+
+def scenario_status(bench: Bench, out: dict):
+    say("1. GET /api/status/{id}: app vs bare Starlette")
+    app_port = free_port()
+    emulator = bench.emulator("emulator-status", delay=0.5, webhook_url=f"http://127.0.0.1:{app_port}/api/webhook")
+    app = bench.app("app-status", emulator.url, bench.stores.new_url("status"), port=app_port)
+    task = queue_tasks(app.url, 1)[0]
+    wait_completed(app.url, task["id"])
+    url = f"/api/status/{task['id']}"
+    json_body = check_get(app.url + url, False, "application/json")
+    html_body = check_get(app.url + url, True, "text/html")
+    sample = bench.workdir / "bare-sample.json"
+    sample.write_text(json.dumps({"task": json_body.json(), "html": html_body.text}))
+    bare = bench.bare(sample)
+    bare_json, bare_html = check_get(bare.url + url, False, "application/json"), check_get(bare.url + url, True, "text/html")
+    results = paired_rounds({"bare_json": (bare.url + url, False), "app_json": (app.url + url, False),
+                             "bare_html": (bare.url + url, True), "app_html": (app.url + url, True)}, bench.args, "status")
+    out["status"] = {"results": results, "bytes": {"app_json": len(json_body.content), "bare_json": len(bare_json.content),
+                                                   "app_html": len(html_body.content), "bare_html": len(bare_html.content)}}
+    bench.children.stop(app)
+    bench.children.stop(emulator)
+    out["bare"] = bare  # kept for the webhook baseline
+
+
+def scenario_size(bench: Bench, out: dict):
+    small_n, big_n = 100, bench.args.big_tasks
+    say(f"3. status read with {big_n:,} stored tasks vs {small_n}")
+    emulator = bench.emulator("emulator-size", delay=3, webhook_url=None)
+    now = time.time()
+    target = {**filler_row(0, now), "id": "task_benchtarget0", "response_id": "resp_benchtarget0"}
+    apps = {}
+    for label, count in (("small", small_n), ("big", big_n)):
+        url = bench.stores.new_url(label)
+        app = bench.app(f"app-{label}", emulator.url, url)
+        started = time.monotonic()
+        half = count // 2
+        rows = (target if i == half else filler_row(i, now) for i in range(count))
+        bench.stores.insert(url, rows)
+        say(f"  inserted {count:,} tasks in {time.monotonic() - started:.1f} s")
+        apps[label] = app
+    path = f"/api/status/{target['id']}"
+    for app in apps.values(): check_get(app.url + path, False, "application/json")
+    results = paired_rounds({"small": (apps["small"].url + path, False), "big": (apps["big"].url + path, False)},
+                            bench.args, "size")
+    out["size"] = {"results": results, "small_n": small_n, "big_n": big_n}
+    for app in apps.values(): bench.children.stop(app)
+    bench.children.stop(emulator)
+
+
+async def _fire_at_rate(url: str, events: list[tuple[bytes, dict]], rate: float, limit_seconds: float) -> dict:
+    "Open loop: event i is sent at t0 + i/rate whatever earlier ones are doing; latency counts from that time."
+    latencies, statuses, outcomes = [], {}, {}
+    limits = httpx2.Limits(max_connections=512, max_keepalive_connections=512)
+    async with httpx2.AsyncClient(limits=limits, timeout=10) as client:
+        async def fire(body: bytes, headers: dict, scheduled: float):
+            try:
+                answer = await client.post(url, content=body, headers=headers)
+                key = answer.status_code
+                with contextlib.suppress(ValueError, AttributeError):
+                    outcome = answer.json().get("outcome")
+                    outcomes[outcome] = outcomes.get(outcome, 0) + 1
+            except httpx2.HTTPError as exc:
+                key = type(exc).__name__
+            statuses[key] = statuses.get(key, 0) + 1
+            if key == 200: latencies.append(time.perf_counter() - scheduled)
+            return time.perf_counter()
+
+        t0 = time.perf_counter() + 0.1
+        pending = []
+        for i, (body, headers) in enumerate(events):
+            scheduled = t0 + i / rate
+            if (wait := scheduled - time.perf_counter()) > 0: await asyncio.sleep(wait)
+            pending.append(asyncio.create_task(fire(body, headers, scheduled)))
+        sent_in = time.perf_counter() - t0
+        done, not_done = await asyncio.wait(pending, timeout=limit_seconds)
+        for task in not_done: task.cancel()
+        await asyncio.gather(*not_done, return_exceptions=True)
+        ended = max((t.result() for t in done), default=time.perf_counter())
+    errors = sum(n for k, n in statuses.items() if k != 200) + len(not_done)
+    ok = statuses.get(200, 0)
+    latencies.sort()
+    pct = lambda p: latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000 if latencies else float("nan")
+    return {"sent": len(events), "ok": ok, "errors": errors, "statuses": {str(k): v for k, v in statuses.items()},
+            "outcomes": outcomes, "p50_ms": pct(0.50), "p99_ms": pct(0.99), "max_ms": latencies[-1] * 1000 if latencies else float("nan"),
+            "send_rate": len(events) / sent_in if sent_in > 0 else float("nan"),
+            "achieved_rate": ok / (ended - t0) if ended > t0 else float("nan")}
+
+
+def webhook_events(secret: str, response_ids: list[str], count: int, run: str) -> list[tuple[bytes, dict]]:
+    events = []
+    for i in range(count):
+        body = json.dumps({"object": "event", "id": f"evt_{run}_{i}", "type": "response.completed",
+                           "created_at": int(time.time()), "data": {"id": response_ids[i % len(response_ids)]}}).encode()
+        events.append((body, signed_headers(secret, body, webhook_id=f"wh_{run}_{i:07d}")))
+    return events
+
+
+def scenario_webhooks(bench: Bench, out: dict):
+    args = bench.args
+    count = int(args.webhook_rate * args.webhook_seconds)
+    say(f"2. verified webhooks: {count} events at {args.webhook_rate:.0f}/s")
+    emulator = bench.emulator("emulator-webhook", delay=3600, webhook_url=None)
+    app = bench.app("app-webhook", emulator.url, bench.stores.new_url("webhook"))
+    tasks = queue_tasks(app.url, args.webhook_tasks)
+    response_ids = [t["response_id"] for t in tasks]
+    bare = out.get("bare") or bench.bare()
+    limit = args.webhook_seconds + 30
+    warm = webhook_events(bench.secret, response_ids, 50, "warm" + secrets.token_hex(3))
+    asyncio.run(_fire_at_rate(app.url + "/api/webhook", warm, 100, 10))
+    asyncio.run(_fire_at_rate(bare.url + "/api/webhook", warm, 100, 10))
+    before = emulator_stats(emulator)["calls"].get("retrieve", 0)
+    app_result = asyncio.run(_fire_at_rate(app.url + "/api/webhook",
+                                           webhook_events(bench.secret, response_ids, count, secrets.token_hex(4)),
+                                           args.webhook_rate, limit))
+    retrieves = emulator_stats(emulator)["calls"].get("retrieve", 0) - before
+    bare_result = asyncio.run(_fire_at_rate(bare.url + "/api/webhook",
+                                            webhook_events(bench.secret, response_ids, count, secrets.token_hex(4)),
+                                            args.webhook_rate, limit))
+    say(f"  app: {app_result}")
+    say(f"  bare: {bare_result}")
+    out["webhooks"] = {"app": app_result, "bare": bare_result, "retrieves": retrieves, "tasks": len(tasks),
+                       "rate": args.webhook_rate, "seconds": args.webhook_seconds}
+    bench.children.stop(app)
+    bench.children.stop(emulator)
+
+
+async def _poll(urls: list[str], viewers: int, period: float, seconds: float) -> dict:
+    counts, latencies = {}, []
+    limits = httpx2.Limits(max_connections=viewers, max_keepalive_connections=viewers)
+    async with httpx2.AsyncClient(limits=limits, timeout=10) as client:
+        stop_at = time.monotonic() + seconds
+
+        async def viewer(i: int, task_url: str):
+            await asyncio.sleep(period * i / viewers)  # viewers' polls spread over the period, as real pages are
+            while (started := time.monotonic()) < stop_at:
+                try:
+                    answer = await client.get(task_url, headers={"HX-Request": "true"})
+                    key = answer.status_code
+                except httpx2.HTTPError as exc:
+                    key = type(exc).__name__
+                counts[key] = counts.get(key, 0) + 1
+                latencies.append(time.monotonic() - started)
+                await asyncio.sleep(max(0.0, started + period - time.monotonic()))
+
+        viewers_done = [asyncio.create_task(viewer(i, urls[i % len(urls)])) for i in range(viewers)]
+        await asyncio.wait_for(asyncio.gather(*viewers_done), seconds + 30)
+    latencies.sort()
+    return {"polls": sum(counts.values()), "statuses": {str(k): v for k, v in counts.items()},
+            "p99_ms": latencies[int(0.99 * (len(latencies) - 1))] * 1000 if latencies else float("nan")}
+
+
+def scenario_polling(bench: Bench, out: dict):
+    args = bench.args
+    seconds, n = args.poll_seconds, args.poll_tasks
+    say(f"4. {args.viewers} viewers polling {n} running tasks every 2 s for {seconds:.0f} s")
+    delay = max(120.0, seconds + 60)
+    emulator = bench.emulator("emulator-poll", delay=delay, webhook_url=None)
+    app = bench.app("app-poll", emulator.url, bench.stores.new_url("poll"))
+    tasks = queue_tasks(app.url, n)
+    before = emulator_stats(emulator)["calls"].get("retrieve", 0)
+    urls = [f"{app.url}/api/status/{t['id']}" for t in tasks]
+    polled = asyncio.run(_poll(urls, args.viewers, 2.0, seconds))
+    stats = emulator_stats(emulator)["calls"]
+    per_task = [stats.get("retrieve:" + t["response_id"], 0) for t in tasks]
+    final = [httpx2.get(u, timeout=5).json()["status"] for u in urls]
+    if any(s not in ("queued", "in_progress") for s in final): raise BenchError(f"tasks ended during polling: {final}")
+    out["polling"] = {"retrieves": stats.get("retrieve", 0) - before, "per_task": per_task, "tasks": n,
+                      "seconds": seconds, "viewers": args.viewers, "polled": polled}
+    say(f"  retrieves {out['polling']['retrieves']} ({per_task}); polls {polled}")
+    bench.children.stop(app)
+    bench.children.stop(emulator)
+
+
+# ---------------------------------------------------------------- report
+
+def fmt(value: float, digits: int = 2) -> str:
+    return f"{value:,.{digits}f}"
+
+
+def report(out: dict, args, command: str, started: float) -> str:
+    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
+                           text=True).stdout.strip()
+    lines = [f"# Benchmark results", "",
+             f"Command: `{command}`", "",
+             f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC · commit {rev}{' (+ local changes)' if dirty else ''} · "
+             f"{platform.python_implementation()} {platform.python_version()} · {os.cpu_count()} CPUs · "
+             f"load average before {args.load_before} · store {args.store_kind} · took {time.monotonic() - started:.0f} s", "",
+             f"wrk `-t{args.threads} -c{args.connections} -d{args.duration:g}s`, {args.rounds} round(s) per figure, "
+             f"app and bare interleaved; absolute figures are medians over rounds, ratios the median of per-round ratios.", "",
+             "| # | measure | app | bare Starlette | ratio | note |", "| --- | --- | ---: | ---: | ---: | --- |"]
+    row = lambda *cells: lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    if "status" in out:
+        res, size = out["status"]["results"], out["status"]["bytes"]
+        for kind, label in (("json", "1a JSON"), ("html", "1b HTMX fragment")):
+            a, b = res[f"app_{kind}"], res[f"bare_{kind}"]
+            note = f"body {size[f'app_{kind}']} B (bare {size[f'bare_{kind}']} B)"
+            row(label, "GET /api/status/{id} req/s", fmt(med(r.rps for r in a), 0), fmt(med(r.rps for r in b), 0),
+                fmt(ratio_of(res, f"app_{kind}", f"bare_{kind}", "rps")) + "x", note)
+            row(label, "GET /api/status/{id} p99 latency (ms)", fmt(med(r.p99_ms for r in a)), fmt(med(r.p99_ms for r in b)),
+                fmt(ratio_of(res, f"app_{kind}", f"bare_{kind}", "p99_ms")) + "x",
+                f"p50 {fmt(med(r.p50_ms for r in a))} ms (bare {fmt(med(r.p50_ms for r in b))} ms)")
+    if "webhooks" in out:
+        w = out["webhooks"]
+        a, b = w["app"], w["bare"]
+        row("2", f"webhook ack p50 (ms), {fmt(w['rate'], 0)}/s for {fmt(w['seconds'], 0)} s", fmt(a["p50_ms"]), fmt(b["p50_ms"]),
+            fmt(a["p50_ms"] / b["p50_ms"]) + "x", "latency from each event's scheduled send time (open loop)")
+        row("2", "webhook ack p99 (ms)", fmt(a["p99_ms"]), fmt(b["p99_ms"]), fmt(a["p99_ms"] / b["p99_ms"]) + "x",
+            f"max {fmt(a['max_ms'], 0)} ms (bare {fmt(b['max_ms'], 0)} ms)")
+        row("2", "webhook errors (non-200 or failed)", f"{a['errors']} of {a['sent']}", f"{b['errors']} of {b['sent']}", "",
+            f"app statuses {a['statuses']}")
+        row("2", "webhook achieved rate (acks/s)", fmt(a["achieved_rate"], 0), fmt(b["achieved_rate"], 0),
+            fmt(a["achieved_rate"] / b["achieved_rate"]) + "x",
+            f"generator sent at {fmt(a['send_rate'], 0)}/s; outcomes {a['outcomes']}; "
+            f"emulator retrieves {w['retrieves']} over {w['tasks']} tasks")
+    if "size" in out:
+        s = out["size"]
+        res = s["results"]
+        big, small = f"{s['big_n']:,}", f"{s['small_n']:,}"
+        row("3", f"status JSON req/s, {big} vs {small} stored tasks", fmt(med(r.rps for r in res["big"]), 0),
+            fmt(med(r.rps for r in res["small"]), 0), fmt(ratio_of(res, "big", "small", "rps")) + "x",
+            f"app columns: {big} tasks · {small} tasks; ratio big/small, target 0.90-1.10")
+        row("3", f"status JSON p99 (ms), {big} vs {small} stored tasks", fmt(med(r.p99_ms for r in res["big"])),
+            fmt(med(r.p99_ms for r in res["small"])), fmt(ratio_of(res, "big", "small", "p99_ms")) + "x",
+            f"p50 {fmt(med(r.p50_ms for r in res['big']))} ms vs {fmt(med(r.p50_ms for r in res['small']))} ms")
+    if "polling" in out:
+        p = out["polling"]
+        minutes = p["seconds"] / 60
+        per_task = p["retrieves"] / p["tasks"]
+        row("4", f"OpenAI retrieves per task, {p['viewers']} viewers polling every 2 s for {fmt(p['seconds'], 0)} s",
+            fmt(per_task, 1), "", "", f"per task {p['per_task']}; {p['polled']['polls']} polls, statuses "
+            f"{p['polled']['statuses']}, poll p99 {fmt(p['polled']['p99_ms'])} ms")
+        row("4", "OpenAI retrieves per task-minute", fmt(per_task / minutes, 1), "", "",
+            f"expected about {fmt(60 / RECONCILE_SECONDS, 0)} (RECONCILE_SECONDS={RECONCILE_SECONDS:g}, the default)")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- main
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short durations for a smoke run (about a minute)")
+    parser.add_argument("--database-url", default="", help="run the apps on this PostgreSQL server (fresh schemas)")
+    parser.add_argument("--poll-seconds", type=float, help="scenario 4's polling time (default 60, quick 10)")
+    parser.add_argument("--duration", type=float, help="seconds per wrk measurement (default 10, quick 2)")
+    parser.add_argument("--rounds", type=int, help="wrk rounds per figure (default 3, quick 1)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--webhook-rate", type=float, default=500.0)
+    parser.add_argument("--webhook-seconds", type=float, help="default 10, quick 3")
+    parser.add_argument("--webhook-tasks", type=int, default=20)
+    parser.add_argument("--big-tasks", type=int, default=100_000)
+    parser.add_argument("--poll-tasks", type=int, default=5)
+    parser.add_argument("--viewers", type=int, default=100)
+    parser.add_argument("--only", default="1,2,3,4", help="which scenarios, e.g. 1,3")
+    parser.add_argument("--output", default=str(RESULTS))
+    args = parser.parse_args(argv)
+    quick = args.quick
+    args.duration = args.duration or (2.0 if quick else 10.0)
+    args.rounds = args.rounds or (1 if quick else 3)
+    args.poll_seconds = args.poll_seconds or (10.0 if quick else 60.0)
+    args.webhook_seconds = args.webhook_seconds or (3.0 if quick else 10.0)
+    args.warmup = 1.0 if quick else 2.0
+    args.only = {s.strip() for s in args.only.split(",")}
+    for name in ("duration", "poll_seconds", "webhook_seconds"):
+        if not 0 < getattr(args, name) <= 600: parser.error(f"--{name.replace('_', '-')} must be in (0, 600]")
+    if not 0 < args.rounds <= 10: parser.error("--rounds must be 1..10")
+    if not 0 < args.webhook_rate <= 5000: parser.error("--webhook-rate must be in (0, 5000]")
+    if not 100 < args.big_tasks <= 2_000_000: parser.error("--big-tasks must be in (100, 2,000,000]")
+    return args
+
+
+def display_command() -> str:
+    python = os.path.relpath(PYTHON, Path.cwd()) if PYTHON.startswith(str(ROOT)) else PYTHON
+    script = os.path.relpath(Path(sys.argv[0]).resolve(), Path.cwd())
+    return shlex.join([python, script, *sys.argv[1:]])
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if not shutil_which("wrk"): raise SystemExit("wrk is not installed (apt-get install wrk)")
+    started = time.monotonic()
+    args.load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    command = display_command()
+
+    def on_term(signum, frame): raise KeyboardInterrupt(f"signal {signum}")
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGHUP, on_term)
+
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        workdir = Path(tmp)
+        stores = PostgresStores(args.database_url) if args.database_url else SqliteStores(workdir)
+        args.store_kind = stores.kind
+        children = Children(workdir)
+        bench = Bench(args, children, stores, workdir)
+        out = {}
+        try:
+            if "1" in args.only: scenario_status(bench, out)
+            if "3" in args.only: scenario_size(bench, out)
+            if "2" in args.only: scenario_webhooks(bench, out)
+            if "4" in args.only: scenario_polling(bench, out)
+        except BenchError as exc:
+            say(f"benchmark failed: {exc}")
+            return 1
+        except KeyboardInterrupt:
+            say("interrupted: stopping the servers")
+            return 130
+        finally:
+            children.stop_all()
+            stores.close()
+    text = report(out, args, command, started)
+    print(text)
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text)
+    say(f"written to {os.path.relpath(output, Path.cwd())}")
+    return 0
+
+
+def shutil_which(name: str):
+    import shutil
+    return shutil.which(name)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
