@@ -49,9 +49,12 @@ PYTHON = sys.executable
 WRK_SCRIPT = BENCH / "wrk.lua"
 RESULTS = BENCH / "results" / "latest.md"
 RECONCILE_SECONDS = 5.0  # the app's default; the app is started without RECONCILE_SECONDS set
+# Set empty for every child, so that neither the caller's environment nor a .env file (config.load_dotenv
+# never overrides a variable that is set) changes the defaults being measured.
 APP_ENV_NAMES = ("OPENAI_API_KEY", "OPENAI_WEBHOOK_SECRET", "OPENAI_BASE_URL", "OPENAI_MODEL", "OPENAI_MODELS",
                  "DATABASE_URL", "SESSION_SECRET", "PORT", "MAX_PROMPT_CHARS", "DEMO_DELAY_SECONDS", "DEMO_WEBHOOKS",
-                 "RECONCILE_SECONDS", "VERCEL", "EMULATOR_PORT", "EMULATOR_WEBHOOK_URL", "HOST")
+                 "RECONCILE_SECONDS", "APP_ACCESS_TOKENS", "QUEUE_RATE", "RATE_LIMIT_STORAGE_URL",
+                 "MAX_RUNNING_PER_OWNER", "VERCEL", "EMULATOR_PORT", "EMULATOR_WEBHOOK_URL", "HOST")
 PROMPT = ("Write a long report on how tides form: the Moon and the Sun, spring and neap tides, "
           "and why some bays have two high tides a day and others one.")
 
@@ -134,7 +137,7 @@ def wait_ready(child: Child, path: str, timeout: float = 30.0):
 
 
 def base_env() -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in APP_ENV_NAMES}
+    env = {**os.environ, **dict.fromkeys(APP_ENV_NAMES, "")}
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
@@ -253,12 +256,13 @@ class Bench:
 
 
 def queue_tasks(app_url: str, count: int, prompt: str = PROMPT) -> list[dict]:
+    "Queue `count` tasks, each from a new client (a new session, so a new owner: the per-owner limits stay as set)."
     tasks = []
-    with httpx2.Client(base_url=app_url, timeout=30) as client:
-        for i in range(count):
+    for i in range(count):
+        with httpx2.Client(base_url=app_url, timeout=30) as client:
             answer = client.post("/api/queue", json={"prompt": f"{prompt} (bench {i})"})
-            if answer.status_code != 202: raise BenchError(f"POST /api/queue answered {answer.status_code}: {answer.text[:300]}")
-            tasks.append(answer.json())
+        if answer.status_code != 202: raise BenchError(f"POST /api/queue answered {answer.status_code}: {answer.text[:300]}")
+        tasks.append(answer.json())
     return tasks
 
 

@@ -1,6 +1,7 @@
 import asyncio
 import json
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -18,6 +19,38 @@ from app import create_app  # noqa: E402
 from config import Settings  # noqa: E402
 from config import new_webhook_secret  # noqa: E402
 from emulator import Emulator, signed_headers  # noqa: E402
+
+
+PG_URL = os.environ.get("TEST_DATABASE_URL", "")
+
+
+async def _pg_schema_url() -> tuple[str, str]:
+    "A fresh schema on the test server, and a URL whose connections use it."
+    import psycopg
+    schema = "test_" + secrets.token_hex(6)
+    async with await psycopg.AsyncConnection.connect(PG_URL, autocommit=True) as conn:
+        await conn.execute(f"CREATE SCHEMA {schema}")
+    separator = "&" if "?" in PG_URL else "?"
+    return schema, f"{PG_URL}{separator}options=-csearch_path%3D{schema}"
+
+
+async def _drop_schema(schema: str):
+    import psycopg
+    async with await psycopg.AsyncConnection.connect(PG_URL, autocommit=True) as conn:
+        await conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+async def database_url(request, tmp_path):
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/tasks.db"
+        return
+    if not PG_URL:
+        if os.environ.get("CI"): pytest.fail("TEST_DATABASE_URL is not set, and CI must test PostgreSQL")
+        pytest.skip("TEST_DATABASE_URL is not set (e.g. postgresql://postgres@127.0.0.1:5432/test)")
+    schema, url = await _pg_schema_url()
+    yield url
+    await _drop_schema(schema)
 
 
 async def wait_for(condition, timeout: float = 10.0, interval: float = 0.05):
@@ -112,33 +145,40 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class LiveServer:
-    """`python app.py` in a child process, on a free port."""
+APP_VARIABLES = ("OPENAI_API_KEY", "OPENAI_WEBHOOK_SECRET", "OPENAI_BASE_URL", "OPENAI_MODEL", "OPENAI_MODELS",
+                 "DATABASE_URL", "SESSION_SECRET", "APP_ACCESS_TOKENS", "QUEUE_RATE", "RATE_LIMIT_STORAGE_URL",
+                 "MAX_RUNNING_PER_OWNER", "MAX_PROMPT_CHARS", "RECONCILE_SECONDS", "DEMO_DELAY_SECONDS", "DEMO_WEBHOOKS", "VERCEL")
 
-    def __init__(self, tmp_path: Path, **env):
-        self.port = free_port()
+
+class LiveServer:
+    """A server script of this repo (`app.py` by default) in a child process, on a free port, waited for until it answers."""
+
+    def __init__(self, tmp_path: Path, script="app.py", port_variable="PORT", ready_path="/health", cwd=ROOT,
+                 wrapper=(), port=None, **env):
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(tmp_path / f"server-{self.port}.log", "w+")
-        full_env = {**os.environ, "PORT": str(self.port), "DATABASE_URL": f"sqlite:///{tmp_path}/live.db",
-                    "DEMO_DELAY_SECONDS": "1", "SESSION_SECRET": "live-test-secret", **env}
-        if "OPENAI_API_KEY" not in env: full_env.pop("OPENAI_API_KEY", None)
-        self.process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=full_env, stdout=self.log,
-                                        stderr=subprocess.STDOUT)
+        clean = {k: v for k, v in os.environ.items() if k not in APP_VARIABLES}
+        full_env = {**clean, port_variable: str(self.port), "DATABASE_URL": f"sqlite:///{tmp_path}/live.db",
+                    "DEMO_DELAY_SECONDS": "1", "SESSION_SECRET": "live-test-secret", "PYTHONDONTWRITEBYTECODE": "1", **env}
+        self.process = subprocess.Popen([*wrapper, sys.executable, str(Path(cwd) / script)], cwd=cwd, env=full_env,
+                                        stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and self.process.poll() is None:
             try:
-                if httpx2.get(self.url + "/health", timeout=1).status_code == 200: return
+                if httpx2.get(self.url + ready_path, timeout=1).status_code == 200: return
             except httpx2.HTTPError: time.sleep(0.1)
         self.stop()
-        raise RuntimeError("the app did not start:\n" + self.output())
+        raise RuntimeError(f"{script} did not start:\n" + self.output())
 
     def output(self) -> str:
         self.log.seek(0)
         return self.log.read()
 
     def stop(self):
-        self.process.terminate()
-        self.process.wait(10)
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
 
 
 @pytest.fixture

@@ -1,9 +1,7 @@
 """The HTTP contract, end to end: the real SDK, the emulator, its signed webhook, a real SQLite file."""
-import json
 
 import pytest
 
-from tests.conftest import wait_for
 
 
 def assert_error_shape(response, status):

@@ -12,7 +12,7 @@ import httpx2
 import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
-from tests.conftest import AppHarness, wait_for
+from tests.conftest import AppHarness
 
 TOKENS = ("alpha-token-0123456789", "bravo-token-9876543210")
 

@@ -1,6 +1,5 @@
 """The store's contract, run against SQLite and (with TEST_DATABASE_URL) PostgreSQL."""
 import asyncio
-import os
 import secrets
 import signal
 import subprocess
@@ -11,38 +10,6 @@ import pytest
 
 from store import TERMINAL, SqliteTaskStore, new_task_row, store_for
 from tests.conftest import ROOT
-
-PG_URL = os.environ.get("TEST_DATABASE_URL", "")
-
-
-async def _pg_schema_url() -> tuple[str, str]:
-    "A fresh schema on the test server, and a URL whose connections use it."
-    import psycopg
-    schema = "test_" + secrets.token_hex(6)
-    async with await psycopg.AsyncConnection.connect(PG_URL, autocommit=True) as conn:
-        await conn.execute(f"CREATE SCHEMA {schema}")
-    separator = "&" if "?" in PG_URL else "?"
-    return schema, f"{PG_URL}{separator}options=-csearch_path%3D{schema}"
-
-
-async def _drop_schema(schema: str):
-    import psycopg
-    async with await psycopg.AsyncConnection.connect(PG_URL, autocommit=True) as conn:
-        await conn.execute(f"DROP SCHEMA {schema} CASCADE")
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-async def database_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/tasks.db"
-        return
-    if not PG_URL:
-        if os.environ.get("CI"): pytest.fail("TEST_DATABASE_URL is not set, and CI must test PostgreSQL")
-        pytest.skip("TEST_DATABASE_URL is not set (e.g. postgresql://postgres@127.0.0.1:5432/test)")
-    schema, url = await _pg_schema_url()
-    yield url
-    await _drop_schema(schema)
-
 
 @pytest.fixture
 async def store(database_url):

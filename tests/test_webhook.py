@@ -1,6 +1,5 @@
 """Webhook security: only a correctly signed, fresh event changes anything, and each event once."""
 import asyncio
-import base64
 import json
 import time
 from datetime import datetime, timezone

@@ -1,0 +1,116 @@
+"""Deployments: several processes on one database, and Vercel's read-only file system."""
+import concurrent.futures
+import json
+import shutil
+import sys
+import tempfile
+import subprocess
+import time
+
+from pathlib import Path
+
+import httpx2
+import pytest
+
+from config import new_webhook_secret
+from emulator import signed_headers
+from tests.conftest import ROOT, LiveServer, free_port
+
+APP_FILES = ("app.py", "access.py", "config.py", "emulator.py", "limiter.py", "middleware.py", "openai_client.py",
+             "render.py", "store.py", "tasks.py", "ui.py")
+
+
+def wait_until(condition, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+    return value
+
+
+@pytest.fixture
+def servers():
+    started = []
+    yield started
+    for server in started: server.stop()
+
+
+def test_two_processes_on_one_database_stay_consistent(tmp_path, database_url, servers):
+    """Queued through A, its webhook delivered to B, read from both: one consistent state, one retrieve."""
+    secret, a_port, b_port, emulator_port = new_webhook_secret(), free_port(), free_port(), free_port()
+    servers.append(LiveServer(tmp_path, "emulator.py", "EMULATOR_PORT", "/_emulator/stats", port=emulator_port,
+                              EMULATOR_WEBHOOK_URL=f"http://127.0.0.1:{b_port}/api/webhook",
+                              OPENAI_WEBHOOK_SECRET=secret, DEMO_DELAY_SECONDS="1"))
+    app_env = {"OPENAI_API_KEY": "sk-multi-process-test", "OPENAI_WEBHOOK_SECRET": secret, "DATABASE_URL": database_url,
+               "OPENAI_BASE_URL": f"http://127.0.0.1:{emulator_port}/v1", "RECONCILE_SECONDS": "3600",
+               "APP_ACCESS_TOKENS": "multi-token"}
+    a, b = LiveServer(tmp_path, port=a_port, **app_env), LiveServer(tmp_path, port=b_port, **app_env)
+    servers += [a, b]
+    auth = {"Authorization": "Bearer multi-token"}
+    task = httpx2.post(f"{a.url}/api/queue", json={"prompt": "two processes"}, headers=auth).json()
+    status = lambda server: httpx2.get(f"{server.url}/api/status/{task['id']}", headers=auth).json()
+    assert status(b)["status"] == "queued"
+    wait_until(lambda: status(b)["status"] == "completed")
+    assert status(a) == status(b) and status(a)["output_text"].startswith("[Demo mode]")
+    assert httpx2.get(f"{a.url}/api/tasks", headers=auth).json()["tasks"][0]["id"] == task["id"]
+    stats = httpx2.get(f"http://127.0.0.1:{emulator_port}/_emulator/stats").json()
+    assert stats["calls"]["retrieve"] == 1 and stats["deliveries"] == 1
+
+
+def test_concurrent_webhooks_to_two_processes_have_one_effect(tmp_path, database_url, servers):
+    secret, emulator_port = new_webhook_secret(), free_port()
+    servers.append(LiveServer(tmp_path, "emulator.py", "EMULATOR_PORT", "/_emulator/stats", port=emulator_port,
+                              EMULATOR_WEBHOOK_URL="http://127.0.0.1:9/nowhere", DEMO_WEBHOOKS="off",
+                              OPENAI_WEBHOOK_SECRET=secret, DEMO_DELAY_SECONDS="60"))
+    app_env = {"OPENAI_API_KEY": "sk-multi-process-test", "OPENAI_WEBHOOK_SECRET": secret, "DATABASE_URL": database_url,
+               "OPENAI_BASE_URL": f"http://127.0.0.1:{emulator_port}/v1", "RECONCILE_SECONDS": "3600"}
+    a, b = LiveServer(tmp_path, **app_env), LiveServer(tmp_path, **app_env)
+    servers += [a, b]
+    task = httpx2.post(f"{a.url}/api/queue", json={"prompt": "race"}).json()
+    response_id = task["response_id"]
+    body = json.dumps({"object": "event", "id": "evt_r", "type": "response.completed", "created_at": int(time.time()),
+                       "data": {"id": response_id}}).encode()
+    headers = signed_headers(secret, body)
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda url: httpx2.post(f"{url}/api/webhook", content=body, headers=headers),
+                                [a.url, b.url] * 4))
+    assert [r.status_code for r in answers] == [200] * 8
+    outcomes = [r.json()["outcome"] for r in answers]
+    assert outcomes.count("updated") == 1, outcomes
+    stats = httpx2.get(f"http://127.0.0.1:{emulator_port}/_emulator/stats").json()
+    assert stats["calls"][f"retrieve:{response_id}"] == 1
+
+
+@pytest.fixture
+def read_only_copy():
+    "The app's files in a folder the user `nobody` can read but not write (pytest's own tmp dirs are root-only)."
+    app_dir = Path(tempfile.mkdtemp(prefix="vercel-like-"))
+    for name in APP_FILES: shutil.copy(ROOT / name, app_dir / name)
+    shutil.copytree(ROOT / "static", app_dir / "static")
+    subprocess.run(["chmod", "-R", "a-w,a+rX", str(app_dir)], check=True)
+    yield app_dir
+    subprocess.run(["chmod", "-R", "u+w", str(app_dir)], check=True)
+    shutil.rmtree(app_dir)
+
+
+def _as_nobody():
+    if not shutil.which("setpriv"): pytest.skip("setpriv (util-linux) is needed to run as an unprivileged user")
+    return ("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups")
+
+
+def test_vercel_read_only_deploy_starts_and_serves(tmp_path, servers, read_only_copy):
+    app_dir, wrapper = read_only_copy, _as_nobody()
+    server = LiveServer(tmp_path, cwd=app_dir, wrapper=wrapper, VERCEL="1", SESSION_SECRET="vercel-session-secret",
+                        DATABASE_URL="sqlite:////tmp/vercel-test-%d.db" % free_port(), HOME="/tmp")
+    servers.append(server)
+    assert httpx2.get(server.url + "/health").json()["status"] == "ok"
+    assert "Queue Task" in httpx2.get(server.url + "/").text
+    assert httpx2.post(server.url + "/api/queue", json={"prompt": "on vercel"}).status_code == 202
+    assert not (app_dir / "data").exists()
+
+
+def test_vercel_without_session_secret_refuses_to_start_and_says_why(read_only_copy):
+    result = subprocess.run([*_as_nobody(), sys.executable, "-c", "import app"], cwd=read_only_copy, capture_output=True,
+                            text=True, timeout=60, env={"VERCEL": "1", "HOME": "/tmp", "PYTHONDONTWRITEBYTECODE": "1"})
+    assert result.returncode != 0
+    assert "SESSION_SECRET is not set" in result.stderr
