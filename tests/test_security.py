@@ -225,7 +225,7 @@ def test_fuzz_every_route_no_5xx_and_nothing_stored_on_4xx(tmp_path, settings):
     from dataclasses import replace
     from app import create_app
     loop = asyncio.new_event_loop()
-    harness = AppHarness(create_app(replace(settings, queue_rate="100000/minute", max_running_per_owner=100000,
+    harness = AppHarness(create_app(replace(settings, queue_rate="100000/minute", max_running_per_owner=100000, demo_webhooks=False,
                                             access_tokens=TOKENS, database_url=f"sqlite:///{tmp_path}/fuzz.db")))
 
     async def counts():
