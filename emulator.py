@@ -49,10 +49,10 @@ def demo_answer(prompt: str) -> str:
     words = len(prompt.split())
     digest = hashlib.sha256(prompt.encode()).hexdigest()[:8]
     first_line = prompt.strip().splitlines()[0][:200] if prompt.strip() else ""
-    return (f"[Demo mode] No model was called: this answer was made up on your machine.\n"
-            f"Your prompt had {words} words ({len(prompt)} characters); fingerprint {digest}.\n"
-            f"It began: {first_line}\n"
-            "Set OPENAI_API_KEY to run it on OpenAI.")
+    return (f"[Demo mode] No model was called: this answer was made up on your machine.\n\n"
+            f"- **Your prompt**: {words} words, {len(prompt)} characters (fingerprint `{digest}`)\n"
+            f"- **It began**: {first_line}\n\n"
+            "Set `OPENAI_API_KEY` to run it on OpenAI.")
 
 
 @dataclass

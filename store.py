@@ -100,7 +100,7 @@ class SqlTaskStore:
         now = time.time()
         params = {"id": task_id, "status": status, "rank": STATUS_RANK[status], "output_text": output_text,
                   "error": error, "usage": json.dumps(usage) if usage else None, "now": now,
-                  "started_at": now if status != "queued" else None, "completed_at": now if status in TERMINAL else None}
+                  "started_at": now if status == "in_progress" else None, "completed_at": now if status in TERMINAL else None}
         return await self._execute(ADVANCE_TASK, params) == 1
 
     async def claim_check(self, task_id: str, interval: float) -> bool:

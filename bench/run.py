@@ -136,6 +136,12 @@ def wait_ready(child: Child, path: str, timeout: float = 30.0):
     raise BenchError(f"{child.name} did not answer {path} within {timeout:.0f} s:\n{child.log_tail()}")
 
 
+def cpu_seconds(pid: int) -> float:
+    "User + system CPU time a process has used so far (Linux /proc)."
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def base_env() -> dict:
     env = {**os.environ, **dict.fromkeys(APP_ENV_NAMES, "")}
     env["PYTHONUNBUFFERED"] = "1"
@@ -289,19 +295,23 @@ class WrkResult:
     p99_ms: float
     requests: int
     errors: int
+    server_cpu_us: float = float("nan")  # the server's CPU time per request
 
 
-def wrk(url: str, seconds: float, args: argparse.Namespace, hx: bool = False) -> WrkResult:
+def wrk(url: str, seconds: float, args: argparse.Namespace, hx: bool = False, server: Child | None = None) -> WrkResult:
     cmd = ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{max(1, round(seconds))}s", "--latency",
            "-s", str(WRK_SCRIPT), url]
     env = {**os.environ, "WRK_HX": "1" if hx else "0"}
+    cpu_before = cpu_seconds(server.proc.pid) if server else 0.0
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=seconds + 60)
+    cpu = cpu_seconds(server.proc.pid) - cpu_before if server else float("nan")
     line = next((l for l in done.stdout.splitlines() if l.startswith("BENCH_RESULT ")), None)
     if done.returncode != 0 or line is None:
         raise BenchError(f"wrk failed ({done.returncode}): {done.stdout[-500:]} {done.stderr[-500:]}")
     f = {k: int(v) for k, v in (kv.split("=") for kv in line.split()[1:])}
     errors = f["connect"] + f["read"] + f["write"] + f["status"] + f["timeout"]
-    return WrkResult(f["requests"] / (f["duration_us"] / 1e6), f["p50_us"] / 1000, f["p99_us"] / 1000, f["requests"], errors)
+    return WrkResult(f["requests"] / (f["duration_us"] / 1e6), f["p50_us"] / 1000, f["p99_us"] / 1000, f["requests"], errors,
+                     cpu / max(1, f["requests"]) * 1e6)
 
 
 def check_get(url: str, hx: bool, want_type: str):
@@ -312,17 +322,18 @@ def check_get(url: str, hx: bool, want_type: str):
     return answer
 
 
-def paired_rounds(configs: dict[str, tuple[str, bool]], args, label: str) -> dict[str, list[WrkResult]]:
-    """Run wrk on each (url, hx) config in turn, `args.rounds` times, interleaved so that noise hits all alike."""
+def paired_rounds(configs: dict[str, tuple[Child, str, bool]], args, label: str) -> dict[str, list[WrkResult]]:
+    """Run wrk on each (server, url, hx) config in turn, `args.rounds` times, interleaved so that noise hits all alike."""
     results = {name: [] for name in configs}
-    for url, hx in configs.values():  # warm-up: imports, caches, connection set-up
+    for server, url, hx in configs.values():  # warm-up: imports, caches, connection set-up
         wrk(url, args.warmup, args, hx)
     for r in range(args.rounds):
-        for name, (url, hx) in configs.items():
-            result = wrk(url, args.duration, args, hx)
+        for name, (server, url, hx) in configs.items():
+            result = wrk(url, args.duration, args, hx, server)
             if result.errors: raise BenchError(f"{label} {name}: wrk saw {result.errors} errors of {result.requests}")
             results[name].append(result)
-            say(f"  {label} round {r + 1}/{args.rounds} {name}: {result.rps:,.0f} req/s, p99 {result.p99_ms:.2f} ms")
+            say(f"  {label} round {r + 1}/{args.rounds} {name}: {result.rps:,.0f} req/s, p99 {result.p99_ms:.2f} ms, "
+                f"server CPU {result.server_cpu_us:.0f} us/request")
     return results
 
 
@@ -353,8 +364,9 @@ def scenario_status(bench: Bench, out: dict):
     sample.write_text(json.dumps({"task": json_body.json(), "html": html_body.text}))
     bare = bench.bare(sample)
     bare_json, bare_html = check_get(bare.url + url, False, "application/json"), check_get(bare.url + url, True, "text/html")
-    results = paired_rounds({"bare_json": (bare.url + url, False), "app_json": (app.url + url, False),
-                             "bare_html": (bare.url + url, True), "app_html": (app.url + url, True)}, bench.args, "status")
+    results = paired_rounds({"bare_json": (bare, bare.url + url, False), "app_json": (app, app.url + url, False),
+                             "bare_html": (bare, bare.url + url, True), "app_html": (app, app.url + url, True)},
+                            bench.args, "status")
     out["status"] = {"results": results, "bytes": {"app_json": len(json_body.content), "bare_json": len(bare_json.content),
                                                    "app_html": len(html_body.content), "bare_html": len(bare_html.content)}}
     bench.children.stop(app)
@@ -380,8 +392,8 @@ def scenario_size(bench: Bench, out: dict):
         apps[label] = app
     path = f"/api/status/{target['id']}"
     for app in apps.values(): check_get(app.url + path, False, "application/json")
-    results = paired_rounds({"small": (apps["small"].url + path, False), "big": (apps["big"].url + path, False)},
-                            bench.args, "size")
+    results = paired_rounds({"small": (apps["small"], apps["small"].url + path, False),
+                             "big": (apps["big"], apps["big"].url + path, False)}, bench.args, "size")
     out["size"] = {"results": results, "small_n": small_n, "big_n": big_n}
     for app in apps.values(): bench.children.stop(app)
     bench.children.stop(emulator)
@@ -426,6 +438,17 @@ async def _fire_at_rate(url: str, events: list[tuple[bytes, dict]], rate: float,
             "achieved_rate": ok / (ended - t0) if ended > t0 else float("nan")}
 
 
+def fire_measured(url: str, events, rate: float, limit: float, servers: dict[str, Child]) -> dict:
+    "_fire_at_rate, plus the CPU milliseconds each server and this generator spent per event."
+    before = {name: cpu_seconds(child.proc.pid) for name, child in servers.items()}
+    generator_before = time.process_time()
+    result = asyncio.run(_fire_at_rate(url, events, rate, limit))
+    result["cpu_ms_per_event"] = {name: (cpu_seconds(child.proc.pid) - before[name]) / len(events) * 1000
+                                  for name, child in servers.items()}
+    result["cpu_ms_per_event"]["generator"] = (time.process_time() - generator_before) / len(events) * 1000
+    return result
+
+
 def webhook_events(secret: str, response_ids: list[str], count: int, run: str) -> list[tuple[bytes, dict]]:
     events = []
     for i in range(count):
@@ -449,13 +472,11 @@ def scenario_webhooks(bench: Bench, out: dict):
     asyncio.run(_fire_at_rate(app.url + "/api/webhook", warm, 100, 10))
     asyncio.run(_fire_at_rate(bare.url + "/api/webhook", warm, 100, 10))
     before = emulator_stats(emulator)["calls"].get("retrieve", 0)
-    app_result = asyncio.run(_fire_at_rate(app.url + "/api/webhook",
-                                           webhook_events(bench.secret, response_ids, count, secrets.token_hex(4)),
-                                           args.webhook_rate, limit))
+    app_result = fire_measured(app.url + "/api/webhook", webhook_events(bench.secret, response_ids, count, secrets.token_hex(4)),
+                               args.webhook_rate, limit, {"app": app, "emulator": emulator})
     retrieves = emulator_stats(emulator)["calls"].get("retrieve", 0) - before
-    bare_result = asyncio.run(_fire_at_rate(bare.url + "/api/webhook",
-                                            webhook_events(bench.secret, response_ids, count, secrets.token_hex(4)),
-                                            args.webhook_rate, limit))
+    bare_result = fire_measured(bare.url + "/api/webhook", webhook_events(bench.secret, response_ids, count, secrets.token_hex(4)),
+                                args.webhook_rate, limit, {"app": bare})
     say(f"  app: {app_result}")
     say(f"  bare: {bare_result}")
     out["webhooks"] = {"app": app_result, "bare": bare_result, "retrieves": retrieves, "tasks": len(tasks),
@@ -521,57 +542,69 @@ def report(out: dict, args, command: str, started: float) -> str:
     rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
                            text=True).stdout.strip()
-    lines = [f"# Benchmark results", "",
+    lines = ["# Benchmark results", "",
              f"Command: `{command}`", "",
              f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC · commit {rev}{' (+ local changes)' if dirty else ''} · "
              f"{platform.python_implementation()} {platform.python_version()} · {os.cpu_count()} CPUs · "
              f"load average before {args.load_before} · store {args.store_kind} · took {time.monotonic() - started:.0f} s", "",
-             f"wrk `-t{args.threads} -c{args.connections} -d{args.duration:g}s`, {args.rounds} round(s) per figure, "
-             f"app and bare interleaved; absolute figures are medians over rounds, ratios the median of per-round ratios.", "",
-             "| # | measure | app | bare Starlette | ratio | note |", "| --- | --- | ---: | ---: | ---: | --- |"]
+             f"Servers: uvicorn, 1 worker each, `--log-level warning --no-access-log`. wrk `-t{args.threads} "
+             f"-c{args.connections} -d{args.duration:g}s`, {args.rounds} round(s) per figure, the two sides of a ratio "
+             "run back to back in each round; figures are medians over rounds, ratios the median of the per-round "
+             "ratios. \"Server CPU\" is the server process's user+system time divided by the requests it answered.", "",
+             "| # | measure | result | baseline | ratio | baseline is · notes |", "| --- | --- | ---: | ---: | ---: | --- |"]
     row = lambda *cells: lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    x = lambda value: fmt(value) + "x"
     if "status" in out:
         res, size = out["status"]["results"], out["status"]["bytes"]
-        for kind, label in (("json", "1a JSON"), ("html", "1b HTMX fragment")):
+        for kind, label in (("json", "1a"), ("html", "1b")):
             a, b = res[f"app_{kind}"], res[f"bare_{kind}"]
-            note = f"body {size[f'app_{kind}']} B (bare {size[f'bare_{kind}']} B)"
-            row(label, "GET /api/status/{id} req/s", fmt(med(r.rps for r in a), 0), fmt(med(r.rps for r in b), 0),
-                fmt(ratio_of(res, f"app_{kind}", f"bare_{kind}", "rps")) + "x", note)
-            row(label, "GET /api/status/{id} p99 latency (ms)", fmt(med(r.p99_ms for r in a)), fmt(med(r.p99_ms for r in b)),
-                fmt(ratio_of(res, f"app_{kind}", f"bare_{kind}", "p99_ms")) + "x",
-                f"p50 {fmt(med(r.p50_ms for r in a))} ms (bare {fmt(med(r.p50_ms for r in b))} ms)")
+            what = "JSON" if kind == "json" else "HTMX fragment (`HX-Request: true`)"
+            row(label, f"GET /api/status/{{id}} {what}, req/s", fmt(med(r.rps for r in a), 0), fmt(med(r.rps for r in b), 0),
+                x(ratio_of(res, f"app_{kind}", f"bare_{kind}", "rps")),
+                f"bare Starlette (bench/bare_app.py) answering the same {size[f'bare_{kind}']} B body "
+                f"(app {size[f'app_{kind}']} B)")
+            row(label, f"GET /api/status/{{id}} {what}, p99 latency (ms)", fmt(med(r.p99_ms for r in a)),
+                fmt(med(r.p99_ms for r in b)), x(ratio_of(res, f"app_{kind}", f"bare_{kind}", "p99_ms")),
+                f"bare Starlette · p50 {fmt(med(r.p50_ms for r in a))} ms vs {fmt(med(r.p50_ms for r in b))} ms; "
+                f"server CPU {fmt(med(r.server_cpu_us for r in a), 0)} vs {fmt(med(r.server_cpu_us for r in b), 0)} us/request")
     if "webhooks" in out:
         w = out["webhooks"]
         a, b = w["app"], w["bare"]
-        row("2", f"webhook ack p50 (ms), {fmt(w['rate'], 0)}/s for {fmt(w['seconds'], 0)} s", fmt(a["p50_ms"]), fmt(b["p50_ms"]),
-            fmt(a["p50_ms"] / b["p50_ms"]) + "x", "latency from each event's scheduled send time (open loop)")
-        row("2", "webhook ack p99 (ms)", fmt(a["p99_ms"]), fmt(b["p99_ms"]), fmt(a["p99_ms"] / b["p99_ms"]) + "x",
-            f"max {fmt(a['max_ms'], 0)} ms (bare {fmt(b['max_ms'], 0)} ms)")
-        row("2", "webhook errors (non-200 or failed)", f"{a['errors']} of {a['sent']}", f"{b['errors']} of {b['sent']}", "",
-            f"app statuses {a['statuses']}")
-        row("2", "webhook achieved rate (acks/s)", fmt(a["achieved_rate"], 0), fmt(b["achieved_rate"], 0),
-            fmt(a["achieved_rate"] / b["achieved_rate"]) + "x",
-            f"generator sent at {fmt(a['send_rate'], 0)}/s; outcomes {a['outcomes']}; "
-            f"emulator retrieves {w['retrieves']} over {w['tasks']} tasks")
+        cpu = a["cpu_ms_per_event"]
+        head = f"verified webhooks at {fmt(w['rate'], 0)}/s for {fmt(w['seconds'], 0)} s"
+        row("2", f"{head}: ack p50 (ms)", fmt(a["p50_ms"]), fmt(b["p50_ms"]), x(a["p50_ms"] / b["p50_ms"]),
+            "bare Starlette acking the same POSTs unverified · latency counted from each event's scheduled send time "
+            "(open loop, asyncio + httpx2)")
+        row("2", f"{head}: ack p99 (ms)", fmt(a["p99_ms"]), fmt(b["p99_ms"]), x(a["p99_ms"] / b["p99_ms"]),
+            f"bare Starlette · max {fmt(a['max_ms'], 0)} ms vs {fmt(b['max_ms'], 0)} ms")
+        row("2", f"{head}: errors", f"{a['errors']} of {a['sent']}", f"{b['errors']} of {b['sent']}", "",
+            f"bare Starlette · app answers {a['statuses']} (client timeout 10 s)")
+        row("2", f"{head}: achieved rate (acks/s)", fmt(a["achieved_rate"], 0), fmt(b["achieved_rate"], 0),
+            x(a["achieved_rate"] / b["achieved_rate"]),
+            f"bare Starlette · generator sent {fmt(a['send_rate'], 0)}/s; app outcomes {a['outcomes']}; emulator "
+            f"retrieves {w['retrieves']} over {w['tasks']} tasks; CPU ms per event: app {fmt(cpu['app'])}, emulator "
+            f"{fmt(cpu['emulator'])}, generator {fmt(cpu['generator'])} (bare {fmt(b['cpu_ms_per_event']['app'])})")
     if "size" in out:
         s = out["size"]
         res = s["results"]
         big, small = f"{s['big_n']:,}", f"{s['small_n']:,}"
-        row("3", f"status JSON req/s, {big} vs {small} stored tasks", fmt(med(r.rps for r in res["big"]), 0),
-            fmt(med(r.rps for r in res["small"]), 0), fmt(ratio_of(res, "big", "small", "rps")) + "x",
-            f"app columns: {big} tasks · {small} tasks; ratio big/small, target 0.90-1.10")
-        row("3", f"status JSON p99 (ms), {big} vs {small} stored tasks", fmt(med(r.p99_ms for r in res["big"])),
-            fmt(med(r.p99_ms for r in res["small"])), fmt(ratio_of(res, "big", "small", "p99_ms")) + "x",
-            f"p50 {fmt(med(r.p50_ms for r in res['big']))} ms vs {fmt(med(r.p50_ms for r in res['small']))} ms")
+        row("3", f"GET /api/status/{{id}} JSON with {big} stored tasks, req/s", fmt(med(r.rps for r in res["big"]), 0),
+            fmt(med(r.rps for r in res["small"]), 0), x(ratio_of(res, "big", "small", "rps")),
+            f"the app with {small} stored tasks · target 0.90-1.10")
+        row("3", f"GET /api/status/{{id}} JSON with {big} stored tasks, p99 (ms)", fmt(med(r.p99_ms for r in res["big"])),
+            fmt(med(r.p99_ms for r in res["small"])), x(ratio_of(res, "big", "small", "p99_ms")),
+            f"the app with {small} stored tasks · p50 {fmt(med(r.p50_ms for r in res['big']))} ms vs "
+            f"{fmt(med(r.p50_ms for r in res['small']))} ms")
     if "polling" in out:
         p = out["polling"]
-        minutes = p["seconds"] / 60
         per_task = p["retrieves"] / p["tasks"]
-        row("4", f"OpenAI retrieves per task, {p['viewers']} viewers polling every 2 s for {fmt(p['seconds'], 0)} s",
-            fmt(per_task, 1), "", "", f"per task {p['per_task']}; {p['polled']['polls']} polls, statuses "
-            f"{p['polled']['statuses']}, poll p99 {fmt(p['polled']['p99_ms'])} ms")
-        row("4", "OpenAI retrieves per task-minute", fmt(per_task / minutes, 1), "", "",
-            f"expected about {fmt(60 / RECONCILE_SECONDS, 0)} (RECONCILE_SECONDS={RECONCILE_SECONDS:g}, the default)")
+        head = f"{p['viewers']} viewers polling {p['tasks']} running tasks every 2 s for {fmt(p['seconds'], 0)} s"
+        row("4", f"{head}: OpenAI retrieves per task", fmt(per_task, 1), "", "",
+            f"per task {p['per_task']}; {p['polled']['polls']} polls answered {p['polled']['statuses']}, "
+            f"poll p99 {fmt(p['polled']['p99_ms'])} ms")
+        row("4", f"{head}: OpenAI retrieves per task-minute", fmt(per_task / (p["seconds"] / 60), 1),
+            fmt(60 / RECONCILE_SECONDS, 0), x(per_task / (p["seconds"] / 60) / (60 / RECONCILE_SECONDS)),
+            f"expected: one per RECONCILE_SECONDS ({RECONCILE_SECONDS:g} s, the default)")
     return "\n".join(lines) + "\n"
 
 
