@@ -11,6 +11,10 @@ import secrets
 from starlette.requests import Request
 
 PUBLIC_PATHS = ("/health", "/signin")
+OWNING_PATHS = ("/", "/api/queue")
+
+
+def new_owner() -> str: return "browser_" + secrets.token_urlsafe(12)
 
 
 def fingerprint(token: str) -> str:
@@ -36,16 +40,17 @@ class Gate:
         if scheme.lower() != "bearer" or not token.strip() or not self.valid(token.strip()): return None
         return "token_" + fingerprint(token.strip())
 
-    def session_owner(self, session) -> str | None:
-        "The session's owner, if the gate is off or the session signed in with a token still configured."
+    def session_owner(self, session, create: bool) -> str | None:
+        """The session's owner; None when the gate refuses it. With the gate off, a session gets an owner
+        (and so a cookie) only where `create` says one is needed; until then it is anonymous ("")."""
         if self.on and session.get("signed_in") not in {fingerprint(t) for t in self.tokens}: return None
-        if "owner" not in session: session["owner"] = "browser_" + secrets.token_urlsafe(12)
-        return session["owner"]
+        if create and "owner" not in session: session["owner"] = new_owner()
+        return session.get("owner", "")
 
     def sign_in(self, session, token: str) -> bool:
         if not self.valid(token): return False
         session.clear()
-        session["signed_in"] = fingerprint(token)
+        session.update(signed_in=fingerprint(token), owner=new_owner())
         return True
 
 

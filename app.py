@@ -19,7 +19,7 @@ from starlette.staticfiles import StaticFiles
 import ui
 from config import Settings, load_settings
 from openai_client import OpenAIError, OpenAIGateway, WebhookNotConfigured, WebhookRejected
-from access import PUBLIC_PATHS, Gate, is_cross_site
+from access import OWNING_PATHS, PUBLIC_PATHS, Gate, is_cross_site
 from limiter import Limited, QueueLimits
 from middleware import BodyLimit, SecurityHeaders
 from store import StoreUnavailable, store_for, store_kind
@@ -162,9 +162,10 @@ def create_app(settings: Settings | None = None, http_client=None) -> FastHTML:
         bearer = "authorization" in request.headers
         if request.method == "POST" and not bearer and is_cross_site(request):
             return error_response(request, 403, "Cross-site request refused: use the app's own page or the API with a token", "cross_site")
-        owner = gate.bearer_owner(request) if bearer else gate.session_owner(session)
-        if owner is None and request.url.path not in PUBLIC_PATHS:
-            if request.url.path.startswith("/api/") and not wants_html(request):
+        path = request.url.path
+        owner = gate.bearer_owner(request) if bearer else gate.session_owner(session, create=path in OWNING_PATHS)
+        if owner is None and path not in PUBLIC_PATHS:
+            if path.startswith("/api/") and not wants_html(request):
                 return json_error(401, "Missing or wrong access token: send Authorization: Bearer <token> (one of APP_ACCESS_TOKENS)",
                                   "unauthorized", {"WWW-Authenticate": "Bearer"})
             return Response(status_code=401, headers={"HX-Redirect": "/signin"}) if wants_html(request) else RedirectResponse("/signin", 303)

@@ -1,4 +1,6 @@
 """Model output as safe HTML: Markdown (markdown-it-py, `js-default`: raw HTML off), then sanitised by nh3."""
+from functools import lru_cache
+
 import nh3
 from markdown_it import MarkdownIt
 
@@ -10,6 +12,7 @@ ALLOWED_URL_SCHEMES = {"http", "https", "mailto"}
 _markdown = MarkdownIt("js-default", {"breaks": True})
 
 
+@lru_cache(maxsize=512)
 def markdown_html(text: str) -> str:
     "HTML safe to put in a page: no script, no event handler, no javascript: or data: URL, no hx-* attribute."
     return nh3.clean(_markdown.render(text), tags=ALLOWED_TAGS, attributes=ALLOWED_ATTRIBUTES,

@@ -17,6 +17,7 @@ import os
 import pstats
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -163,14 +164,29 @@ async def in_process(n: int, out: list[str]):
             profiler.start()
             for _ in range(n): await call(app, scope)
             profiler.stop()
+            tree = profiler.output_text(unicode=True, processor_options=SHOW_ALL_ABOVE_1_PERCENT)
+            flat = profiler.output_text(unicode=True, flat=True, processor_options={"show_regex": ".*"})
             (RESULTS / f"profile-inprocess-{label.lower()}.txt").write_text(
-                _trim_paths(profiler.output_text(show_all=True, unicode=True)))
+                _trim_paths(tree + "\n\nSelf time by function (flat):\n" + "\n".join(flat.splitlines()[:60])))
     direct.close()
     await app.state.shutdown()
     return figures
 
 
 async def _sync(fn): return fn()
+
+
+SHOW_ALL_ABOVE_1_PERCENT = {"show_regex": ".*", "filter_threshold": 0.01}
+
+
+def _render_session(session: Path, report: Path):
+    "Text reports (tree, then self time by function) of a saved pyinstrument session."
+    render = lambda *extra: subprocess.run(
+        [run.PYTHON, "-m", "pyinstrument", "--load", str(session), "-r", "text", "--no-color", "--unicode",
+         "--show-regex", ".*", "-p", "processor_options.filter_threshold=0.01", *extra],
+        capture_output=True, text=True, timeout=300).stdout
+    flat = render("-p", "flat")
+    report.write_text(_trim_paths(render() + "\n\nSelf time by function (flat):\n" + "\n".join(flat.splitlines()[:60])))
 
 
 def _trim_paths(text: str) -> str:
@@ -188,12 +204,12 @@ def under_load(seconds: float, out: list[str]):
             app_port = run.free_port()
             emulator = bench.emulator(f"emulator-{label}", 0.3, f"http://127.0.0.1:{app_port}/api/webhook")
             report = RESULTS / f"profile-load-{label}.txt"
+            session = WORK / f"load-{label}.pyisession"
             env = {**run.base_env(), "OPENAI_API_KEY": "bench-not-a-key", "OPENAI_BASE_URL": emulator.url + "/v1",
                    "OPENAI_WEBHOOK_SECRET": bench.secret, "DATABASE_URL": bench.stores.new_url(f"load-{label}"),
                    "SESSION_SECRET": "profile-session-secret"}
-            cmd = [run.PYTHON, "-m", "pyinstrument", "-r", "text", "--show-all", "-i", "0.0005", "--no-color",
-                   "-p", "processor_options.filter_threshold=0.005", "-o", str(report),
-                   *run.uvicorn_args("app:app", app_port)[2:]]
+            cmd = [run.PYTHON, "-m", "pyinstrument", "-r", "pyisession", "-i", "0.0005", "-o", str(session),
+                   *run.uvicorn_args("app:app", app_port)[1:]]
             app = children.start(f"app-{label}", cmd, env, app_port)
             run.wait_ready(app, "/health")
             task = run.queue_tasks(app.url, 1)[0]
@@ -206,7 +222,7 @@ def under_load(seconds: float, out: list[str]):
             app.proc.wait(60)
             children.running.remove(app)
             children.stop(emulator)
-            if report.exists(): report.write_text(_trim_paths(report.read_text()))
+            if session.exists(): _render_session(session, report)
             else: out.append(f"  (no report: {app.log_tail()})")
     finally:
         children.stop_all()

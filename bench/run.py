@@ -17,12 +17,14 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
+import hashlib
 import json
 import os
 import platform
 import re
 import secrets
 import shlex
+import shutil
 import signal
 import socket
 import sqlite3
@@ -84,16 +86,44 @@ class Child:
         return ""
 
 
+def snapshot_app(workdir: Path, ref: str | None) -> tuple[Path, str]:
+    """A frozen copy of the app to serve, so edits made to the tree while the benchmark runs change nothing.
+
+    Without `ref`: the working tree's top-level modules and static/; with `ref`: that commit (`git archive`).
+    Returns the copy's folder and a label saying what it is.
+    """
+    target = workdir / "app"
+    target.mkdir()
+    git = lambda *a: subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True)
+    if ref:
+        archive = subprocess.run(["git", "archive", "--format=tar", ref], cwd=ROOT, capture_output=True)
+        if archive.returncode != 0: raise BenchError(f"git archive {ref}: {archive.stderr.decode()[-300:]}")
+        subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
+        if (ROOT / "static" / "vendor").is_dir() and not (target / "static" / "vendor").exists():
+            shutil.copytree(ROOT / "static" / "vendor", target / "static" / "vendor")
+        return target, f"git {ref} ({git('rev-parse', '--short', ref).stdout.strip()})"
+    digest = hashlib.sha256()
+    for path in sorted(ROOT.glob("*.py")):
+        shutil.copy2(path, target / path.name)
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    if (ROOT / "static").is_dir(): shutil.copytree(ROOT / "static", target / "static")
+    rev = git("rev-parse", "--short", "HEAD").stdout.strip() or "no git"
+    changed = [line[3:] for line in git("status", "--porcelain").stdout.splitlines()
+               if line[3:].endswith(".py") and "/" not in line[3:]]
+    label = f"working tree at {rev}" + (f" + uncommitted {', '.join(changed)}" if changed else "")
+    return target, f"{label} (app files sha256 {digest.hexdigest()[:12]})"
+
+
 class Children:
     """The processes this script started; each is stopped by its own pid."""
 
-    def __init__(self, workdir: Path):
-        self.workdir, self.running = workdir, []
+    def __init__(self, workdir: Path, app_root: Path = ROOT):
+        self.workdir, self.app_root, self.running = workdir, app_root, []
 
     def start(self, name: str, args: list[str], env: dict, port: int) -> Child:
         log = self.workdir / f"{name}.log"
         with open(log, "wb") as out:
-            proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+            proc = subprocess.Popen(args, cwd=self.app_root, env=env, stdout=out, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent)
         child = Child(name, proc, log, f"http://127.0.0.1:{port}")
         self.running.append(child)
@@ -249,7 +279,7 @@ class Bench:
         env = {**base_env(), "OPENAI_API_KEY": "bench-not-a-key", "OPENAI_BASE_URL": emulator_url + "/v1",
                "OPENAI_WEBHOOK_SECRET": self.secret, "DATABASE_URL": database_url,
                "SESSION_SECRET": secrets.token_hex(32)}
-        child = self.children.start(name, uvicorn_args("app:app", port), env, port)
+        child = self.children.start(name, uvicorn_args("app:app", port, self.children.app_root), env, port)
         wait_ready(child, "/health")  # also opens the store, so the schema exists from here on
         return child
 
@@ -539,12 +569,10 @@ def fmt(value: float, digits: int = 2) -> str:
 
 
 def report(out: dict, args, command: str, started: float) -> str:
-    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
-                           text=True).stdout.strip()
     lines = ["# Benchmark results", "",
              f"Command: `{command}`", "",
-             f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC · commit {rev}{' (+ local changes)' if dirty else ''} · "
+             f"App measured: {args.app_label}", "",
+             f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC · "
              f"{platform.python_implementation()} {platform.python_version()} · {os.cpu_count()} CPUs · "
              f"load average before {args.load_before} · store {args.store_kind} · took {time.monotonic() - started:.0f} s", "",
              f"Servers: uvicorn, 1 worker each, `--log-level warning --no-access-log`. wrk `-t{args.threads} "
@@ -626,6 +654,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--poll-tasks", type=int, default=5)
     parser.add_argument("--viewers", type=int, default=100)
     parser.add_argument("--only", default="1,2,3,4", help="which scenarios, e.g. 1,3")
+    parser.add_argument("--app-ref", default="", help="measure this git commit of the app (default: the working tree)")
     parser.add_argument("--output", default=str(RESULTS))
     args = parser.parse_args(argv)
     quick = args.quick
@@ -651,7 +680,7 @@ def display_command() -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if not shutil_which("wrk"): raise SystemExit("wrk is not installed (apt-get install wrk)")
+    if not shutil.which("wrk"): raise SystemExit("wrk is not installed (apt-get install wrk)")
     started = time.monotonic()
     args.load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
     command = display_command()
@@ -664,10 +693,12 @@ def main(argv=None) -> int:
         workdir = Path(tmp)
         stores = PostgresStores(args.database_url) if args.database_url else SqliteStores(workdir)
         args.store_kind = stores.kind
-        children = Children(workdir)
-        bench = Bench(args, children, stores, workdir)
         out = {}
+        children = Children(workdir)
         try:
+            children.app_root, args.app_label = snapshot_app(workdir, args.app_ref or None)
+            say(f"app: {args.app_label}")
+            bench = Bench(args, children, stores, workdir)
             if "1" in args.only: scenario_status(bench, out)
             if "3" in args.only: scenario_size(bench, out)
             if "2" in args.only: scenario_webhooks(bench, out)
@@ -688,11 +719,6 @@ def main(argv=None) -> int:
     output.write_text(text)
     say(f"written to {os.path.relpath(output, Path.cwd())}")
     return 0
-
-
-def shutil_which(name: str):
-    import shutil
-    return shutil.which(name)
 
 
 if __name__ == "__main__":

@@ -111,9 +111,10 @@ async def test_sqlite_tasks_survive_a_restart(tmp_path):
 
 async def test_sqlite_uses_wal_and_normal_sync(tmp_path):
     store = await SqliteTaskStore(str(tmp_path / "pragmas.db")).open()
-    assert (await store._fetch("PRAGMA journal_mode", {}))[0]["journal_mode"] == "wal"
-    assert (await store._fetch("PRAGMA synchronous", {}))[0]["synchronous"] == 1
-    assert (await store._fetch("PRAGMA busy_timeout", {}))[0]["timeout"] == 10000
+    writer_pragma = lambda name: store._run(lambda: store._db.execute(f"PRAGMA {name}").fetchone()[0])
+    assert await writer_pragma("journal_mode") == "wal"
+    assert await writer_pragma("synchronous") == 1
+    assert await writer_pragma("busy_timeout") == 10000
     await store.close()
 
 
