@@ -5,7 +5,7 @@ import time
 
 from fasthtml.common import (A, Article, Button, Div, Footer, Form, Header, Hidden, Label, Link, Main, Meta,
                              Option, P, Script, Section, Select, Small, Span, Strong, Textarea, Title, Details,
-                             Summary, H1, Html, Head, Body, NotStr, Input)
+                             Summary, H1, Html, Head, Body, NotStr, Input, to_xml)
 
 from render import markdown_html
 from store import TERMINAL
@@ -71,6 +71,20 @@ def task_card(task: dict):
         task_result(task),
         usage_note(task["usage"]),
         id=f"task-{task['id']}", cls="task", data_task_id=task["id"], **polling)
+
+
+FINAL_CARDS_KEPT = 1024
+_final_cards: dict[tuple, str] = {}
+
+
+def card_html(task: dict) -> str:
+    "The card as HTML; a final task never changes, so its card is rendered once."
+    if task["status"] not in TERMINAL: return to_xml(task_card(task))
+    key = (task["id"], task["updated_at"])
+    if key not in _final_cards:
+        if len(_final_cards) >= FINAL_CARDS_KEPT: _final_cards.pop(next(iter(_final_cards)))
+        _final_cards[key] = to_xml(task_card(task))
+    return _final_cards[key]
 
 
 def model_effort(task: dict) -> str:

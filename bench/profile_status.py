@@ -38,6 +38,7 @@ import run  # noqa: E402  (bench/run.py: servers, wrk)
 
 
 def scope_for(path: str, hx: bool, cookie: bytes | None = None, method: str = "GET") -> dict:
+    "An HTTP scope as uvicorn makes one for wrk's request."
     headers = [(b"host", b"127.0.0.1:8000"), (b"user-agent", b"wrk"), (b"accept", b"*/*")]
     if hx: headers.append((b"hx-request", b"true"))
     if cookie: headers.append((b"cookie", cookie))
@@ -67,15 +68,48 @@ async def per_call_us(fn, n: int, repeats: int = 5) -> float:
     return statistics.median(times)
 
 
+def status_route_variant(create_app, settings):
+    "The app with GET /api/status/{id} as a plain Starlette route in front (what bench/variant_status_route.py does)."
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+    import ui
+    from app import fragment, not_found, wants_html
+    from tasks import task_json
+    variant = create_app(settings)
+
+    async def status(request):
+        task_id = request.path_params["task_id"]
+        task = await (await variant.state.service()).read_quietly(task_id)
+        if task is None: return not_found(request, task_id)
+        return fragment(ui.task_card(task)) if wants_html(request) else JSONResponse(task_json(task))
+    variant.router.routes.insert(0, Route("/api/status/{task_id}", status, methods=["GET"]))
+    return variant
+
+
+def with_app_middleware(asgi, settings):
+    "`asgi` wrapped in the app's own middleware stack (security headers, body limit, sessions)."
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.middleware.sessions import SessionMiddleware
+    from app import body_too_large
+    from middleware import BodyLimit, SecurityHeaders
+    return Starlette(routes=asgi.routes, middleware=[
+        Middleware(SecurityHeaders), Middleware(BodyLimit, limit=settings.max_body_bytes, refuse=body_too_large),
+        Middleware(SessionMiddleware, secret_key="profile-session-secret", session_cookie="session", same_site="lax")])
+
+
 async def in_process(n: int, out: list[str]):
+    from concurrent.futures import ThreadPoolExecutor
     from app import create_app
     from config import Settings
     from emulator import demo_answer
     from fasthtml.common import to_xml
-    from fasthtml.core import parse_form
+    from fasthtml.core import _params, parse_form
     from itsdangerous import TimestampSigner
+    from starlette.concurrency import run_in_threadpool
     from starlette.requests import Request
     from starlette.responses import JSONResponse
+    import base64
     import json as jsonlib
     import sqlite3
     import bare_app
@@ -93,24 +127,44 @@ async def in_process(n: int, out: list[str]):
     await svc.store.attach_response(task["id"], "resp_" + "a" * 48)
     await svc.store.advance(task["id"], "completed", demo_answer(prompt),
                             usage={"input_tokens": 32, "output_tokens": 64, "total_tokens": 96})
-    path = f"/api/status/{task['id']}"
-    first = await call(app, scope_for(path, False))
-    body = b"".join(m.get("body", b"") for m in first if m["type"] == "http.response.body")
-    cookie = next(v for k, v in first[0]["headers"] if k == b"set-cookie").split(b";")[0]
-    html = b"".join(m.get("body", b"") for m in await call(app, scope_for(path, True)) if m["type"] == "http.response.body")
+    running, _ = await svc.store.create(new_task_row(id="task_profile000001", owner="browser_profile", prompt=prompt,
+                                                     model=settings.model))
+    await svc.store.attach_response(running["id"], "resp_" + "b" * 48)
+    await svc.store.advance(running["id"], "in_progress")
+    await svc.store.claim_check(running["id"], 0)  # checked now: polls within RECONCILE_SECONDS do not call OpenAI
+    path, running_path = f"/api/status/{task['id']}", f"/api/status/{running['id']}"
+    first = await call(app, scope_for(path, True, method="GET"))
+    cookie = next((v for k, v in first[0]["headers"] if k == b"set-cookie"), None)
+    if cookie is None:  # the app may not start a session on a status read: take the one the page starts
+        page = await call(app, scope_for("/", False))
+        cookie = next(v for k, v in page[0]["headers"] if k == b"set-cookie")
+    cookie = cookie.split(b";")[0]
+    body = b"".join(m.get("body", b"") for m in await call(app, scope_for(path, False)) if m["type"] == "http.response.body")
+    html = b"".join(m.get("body", b"") for m in first if m["type"] == "http.response.body")
     bare_app.TASKS = {task["id"]: jsonlib.loads(body)}
     bare_app.HTML = html.decode()
-    for status in (await call(app, scope_for(path, False)))[0]["status"], (await call(bare_app.app, scope_for(path, True)))[0]["status"]:
-        assert status == 200, status
+    variant = status_route_variant(create_app, settings)
+    bare_with_middleware = with_app_middleware(bare_app.app, settings)
+    for asgi in (app, variant, bare_app.app, bare_with_middleware):
+        for hx in (False, True):
+            answer = await call(asgi, scope_for(path, hx))
+            assert answer[0]["status"] == 200, answer[0]
 
     out.append(f"## In process: {n} sequential ASGI calls per figure, median of 5 (microseconds per request)\n")
     configs = {
-        "bare JSON": (bare_app.app, scope_for(path, False)),
-        "bare HTMX": (bare_app.app, scope_for(path, True)),
-        "app JSON, no cookie (curl; new session + Set-Cookie)": (app, scope_for(path, False)),
-        "app HTMX, no cookie": (app, scope_for(path, True)),
-        "app JSON, session cookie (a browser)": (app, scope_for(path, False, cookie)),
-        "app HTMX, session cookie (the page's poll)": (app, scope_for(path, True, cookie)),
+        "bare Starlette, JSON": (bare_app.app, scope_for(path, False)),
+        "bare Starlette, HTMX": (bare_app.app, scope_for(path, True)),
+        "bare Starlette + the app's middleware (security headers, body limit, sessions), JSON":
+            (bare_with_middleware, scope_for(path, False)),
+        "bare Starlette + the app's middleware, HTMX": (bare_with_middleware, scope_for(path, True)),
+        "app, JSON, no cookie (curl)": (app, scope_for(path, False)),
+        "app, HTMX, no cookie": (app, scope_for(path, True)),
+        "app, JSON, session cookie (a browser)": (app, scope_for(path, False, cookie)),
+        "app, HTMX, session cookie (the page's poll of a completed task)": (app, scope_for(path, True, cookie)),
+        "app, HTMX, session cookie, running task (the page's every-2-s poll)": (app, scope_for(running_path, True, cookie)),
+        "app, JSON, running task": (app, scope_for(running_path, False)),
+        "variant: status as a plain Starlette route, JSON": (variant, scope_for(path, False)),
+        "variant: status as a plain Starlette route, HTMX": (variant, scope_for(path, True)),
     }
     figures = {}
     for name, (asgi, scope) in configs.items():
@@ -118,34 +172,46 @@ async def in_process(n: int, out: list[str]):
         out.append(f"- {name}: {figures[name]:.0f} us")
     out.append("")
 
-    # Each step alone.
-    row = await svc.store.get(task["id"])
+    row, running_row = await svc.store.get(task["id"]), await svc.store.get(running["id"])
     direct = sqlite3.connect(f"{WORK}/profile.db", check_same_thread=False)
     direct.row_factory = sqlite3.Row
+    select = lambda: dict(direct.execute("SELECT * FROM tasks WHERE id = ?", (task["id"],)).fetchone())
+    one_thread = ThreadPoolExecutor(max_workers=1)
+    loop = asyncio.get_running_loop()
     req = Request(scope_for(path, True), receive)
     signer = TimestampSigner("profile-session-secret")
     session_value = cookie.split(b"=", 1)[1]
+    before = app.before[0] if app.before else None
+    uncached_markdown = getattr(markdown_html, "__wrapped__", markdown_html)
     steps = {
-        "store.get through the 1-thread executor (await run_in_executor)":
-            lambda: svc.store.get(task["id"]),
-        "the same SELECT on the event loop's thread (sqlite3, no executor)":
-            lambda: _sync(lambda: dict(direct.execute("SELECT * FROM tasks WHERE id = ?", (task["id"],)).fetchone())),
-        "TaskService.read_quietly (store.get + terminal check)": lambda: svc.read_quietly(task["id"]),
-        "task_json + JSONResponse (JSON body)": lambda: _sync(lambda: JSONResponse(task_json(row)).body),
-        "ui.task_card + to_xml (HTML body, includes Markdown)": lambda: _sync(lambda: to_xml(ui.task_card(row))),
-        "markdown_html(output_text) alone (markdown-it + nh3)": lambda: _sync(lambda: markdown_html(row["output_text"])),
+        "store.get, as this tree's store does it": lambda: svc.store.get(task["id"]),
+        "SELECT by id through a 1-thread executor (await run_in_executor)": lambda: loop.run_in_executor(one_thread, select),
+        "SELECT by id on the event loop's thread": lambda: _sync(select),
+        "TaskService.read_quietly, completed task": lambda: svc.read_quietly(task["id"]),
+        "TaskService.read_quietly, running task checked < RECONCILE_SECONDS ago (store.get + claim_check UPDATE)":
+            lambda: svc.read_quietly(running["id"]),
+        "anyio run_in_threadpool of a no-op (how FastHTML calls a sync `def` handler or `before`)":
+            lambda: run_in_threadpool(lambda: None),
+        "fasthtml _params(before): inspect.signature, redone per request for the app-level `before`":
+            lambda: _sync(lambda: _params(getattr(before, "f", before))) if before else _sync(lambda: None),
+        "fasthtml parse_form on a GET (run for `before` and again for the route)": lambda: parse_form(req),
         "FastHTML per-request deepcopy of hdrs/ftrs/htmlkw/bodykw":
             lambda: _sync(lambda: list(map(deepcopy, (app.hdrs, app.ftrs, app.htmlkw, app.bodykw)))),
-        "fasthtml parse_form on a GET (done twice: `before` and the route)": lambda: parse_form(req),
+        "task_json + JSONResponse (JSON body)": lambda: _sync(lambda: JSONResponse(task_json(row)).body),
+        "ui.task_card + to_xml, completed task (render.markdown_html as it is in this tree)":
+            lambda: _sync(lambda: to_xml(ui.task_card(row))),
+        "markdown_html(output_text), uncached (markdown-it + nh3)": lambda: _sync(lambda: uncached_markdown(row["output_text"])),
+        "ui.task_card + to_xml, running task (no Markdown)": lambda: _sync(lambda: to_xml(ui.task_card(running_row))),
         "session cookie: verify + decode (itsdangerous, base64, json)":
-            lambda: _sync(lambda: jsonlib.loads(__import__("base64").b64decode(signer.unsign(session_value, max_age=31536000)))),
-        "session cookie: encode + sign (done on every response with a session)":
-            lambda: _sync(lambda: signer.sign(__import__("base64").b64encode(jsonlib.dumps({"owner": "browser_x"}).encode()))),
+            lambda: _sync(lambda: jsonlib.loads(base64.b64decode(signer.unsign(session_value, max_age=31536000)))),
+        "session cookie: encode + sign (on every response whose session is not empty)":
+            lambda: _sync(lambda: signer.sign(base64.b64encode(jsonlib.dumps({"owner": "browser_x"}).encode()))),
     }
     out.append(f"## Steps alone ({n} calls each, median of 5, microseconds per call)\n")
     for name, fn in steps.items():
         out.append(f"- {name}: {await per_call_us(fn, n):.1f} us")
     out.append("")
+    one_thread.shutdown()
 
     for label, scope in (("JSON", scope_for(path, False)), ("HTMX", scope_for(path, True))):
         profiler = cProfile.Profile()

@@ -279,7 +279,7 @@ class Bench:
         env = {**base_env(), "OPENAI_API_KEY": "bench-not-a-key", "OPENAI_BASE_URL": emulator_url + "/v1",
                "OPENAI_WEBHOOK_SECRET": self.secret, "DATABASE_URL": database_url,
                "SESSION_SECRET": secrets.token_hex(32)}
-        child = self.children.start(name, uvicorn_args("app:app", port, self.children.app_root), env, port)
+        child = self.children.start(name, uvicorn_args(self.args.app_target, port, self.children.app_root), env, port)
         wait_ready(child, "/health")  # also opens the store, so the schema exists from here on
         return child
 
@@ -655,6 +655,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--viewers", type=int, default=100)
     parser.add_argument("--only", default="1,2,3,4", help="which scenarios, e.g. 1,3")
     parser.add_argument("--app-ref", default="", help="measure this git commit of the app (default: the working tree)")
+    parser.add_argument("--app-target", default="app:app",
+                        help="the ASGI app to serve, MODULE:ATTR; a module in bench/ (an experiment) is copied beside the app")
     parser.add_argument("--output", default=str(RESULTS))
     args = parser.parse_args(argv)
     quick = args.quick
@@ -697,6 +699,10 @@ def main(argv=None) -> int:
         children = Children(workdir)
         try:
             children.app_root, args.app_label = snapshot_app(workdir, args.app_ref or None)
+            module = args.app_target.split(":")[0]
+            if not (children.app_root / f"{module}.py").exists() and (BENCH / f"{module}.py").exists():
+                shutil.copy2(BENCH / f"{module}.py", children.app_root / f"{module}.py")
+            if args.app_target != "app:app": args.app_label += f", served as {args.app_target}"
             say(f"app: {args.app_label}")
             bench = Bench(args, children, stores, workdir)
             if "1" in args.only: scenario_status(bench, out)
