@@ -2,6 +2,7 @@
 import asyncio
 import logging
 import secrets
+import time
 from datetime import datetime, timezone
 
 from openai_client import OpenAIError, OpenAIGateway, ResponseState
@@ -71,10 +72,15 @@ class TaskService:
     async def read(self, task_id: str) -> dict | None:
         "The task, first refreshed from OpenAI if it is running and was last checked over an interval ago."
         task = await self.store.get(task_id)
-        if task and not is_terminal(task) and await self.store.claim_check(task_id, self.reconcile_seconds):
+        if task and self._check_due(task) and await self.store.claim_check(task_id, self.reconcile_seconds):
             await self.refresh(task)
             task = await self.store.get(task_id)
         return task
+
+    def _check_due(self, task: dict) -> bool:
+        "Worth trying to claim a check (the claim itself decides, atomically, in the store)."
+        if is_terminal(task) or not task["response_id"]: return False
+        return task["checked_at"] is None or task["checked_at"] <= time.time() - self.reconcile_seconds
 
     async def refresh(self, task: dict, for_webhook: bool = False):
         "Ask OpenAI for the response's state and record it; a 404 ends the task as failed."

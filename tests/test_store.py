@@ -2,6 +2,7 @@
 import asyncio
 import secrets
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -152,3 +153,23 @@ async def test_kill_9_mid_writes_loses_no_acknowledged_write(database_url):
             assert task is not None and task["status"] == "completed", task_id
     finally:
         await store.close()
+
+
+async def test_sqlite_write_waits_for_another_writer_off_the_event_loop(tmp_path):
+    path = tmp_path / "locked.db"
+    store = await SqliteTaskStore(str(path)).open()
+    task, _ = await store.create(row())
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    write = asyncio.create_task(store.advance(task["id"], "completed", output_text="after the lock"))
+    ticks = 0
+    while ticks < 20:  # the loop keeps running while the write waits on its thread
+        await asyncio.sleep(0.005)
+        ticks += 1
+        assert not write.done()
+    assert (await store.get(task["id"]))["status"] == "queued"
+    other.execute("COMMIT")
+    assert await asyncio.wait_for(write, 5) is True
+    assert (await store.get(task["id"]))["output_text"] == "after the lock"
+    other.close()
+    await store.close()
