@@ -16,9 +16,6 @@ from config import new_webhook_secret
 from emulator import signed_headers
 from tests.conftest import ROOT, LiveServer, free_port
 
-APP_FILES = ("app.py", "access.py", "config.py", "emulator.py", "limiter.py", "middleware.py", "openai_client.py",
-             "render.py", "store.py", "tasks.py", "ui.py")
-
 
 def wait_until(condition, timeout=15.0):
     deadline = time.monotonic() + timeout
@@ -85,7 +82,7 @@ def test_concurrent_webhooks_to_two_processes_have_one_effect(tmp_path, database
 def read_only_copy():
     "The app's files in a folder the user `nobody` can read but not write (pytest's own tmp dirs are root-only)."
     app_dir = Path(tempfile.mkdtemp(prefix="vercel-like-"))
-    for name in APP_FILES: shutil.copy(ROOT / name, app_dir / name)
+    for module in ROOT.glob("*.py"): shutil.copy(module, app_dir / module.name)
     shutil.copytree(ROOT / "static", app_dir / "static")
     subprocess.run(["chmod", "-R", "a-w,a+rX", str(app_dir)], check=True)
     yield app_dir
