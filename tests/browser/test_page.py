@@ -112,3 +112,76 @@ def test_an_empty_prompt_shows_the_servers_error_and_queues_nothing(visit):
     expect(error).to_be_empty()
     assert visitor.loads == 1
     assert_stayed_local(visitor)
+
+
+@pytest.fixture
+def visit_server(browser, tmp_path):
+    "Open a browser on an app started with extra settings."
+    from tests.browser.conftest import Visitor
+    from tests.conftest import LiveServer
+    opened = []
+
+    def make(**env) -> Visitor:
+        server = LiveServer(tmp_path, **env)
+        opened.append((server, Visitor(browser, server.url)))
+        return opened[-1][1]
+    yield make
+    for server, visitor in opened:
+        visitor.close()
+        server.stop()
+
+
+def test_without_webhooks_a_task_still_completes_on_the_page(visit_server):
+    visitor = visit_server(DEMO_WEBHOOKS="off", RECONCILE_SECONDS="1")
+    page = visitor.open()
+    queue_prompt(page, "No webhook will come for this one")
+    card = page.locator("#tasks article.task")
+    expect(card.locator("span.status")).to_have_text("Completed", timeout=10_000)
+    expect(card.locator("div.task-output")).to_contain_text("[Demo mode]")
+    assert_stayed_local(visitor)
+
+
+def test_a_double_click_queues_once(visit_server):
+    visitor = visit_server(DEMO_DELAY_SECONDS="2")
+    page = visitor.open()
+    page.locator("textarea[name=prompt]").fill("Only once, please")
+    page.get_by_role("button", name="Queue Task").dblclick()
+    expect(page.locator("#tasks article.task")).to_have_count(1)
+    page.reload()
+    expect(page.locator("#tasks article.task")).to_have_count(1)
+
+
+def test_a_cancel_click_stops_a_running_task(visit_server):
+    visitor = visit_server(DEMO_DELAY_SECONDS="60")
+    page = visitor.open()
+    queue_prompt(page, "A long one to cancel")
+    card = page.locator("#tasks article.task")
+    card.get_by_role("button", name="Cancel").click()
+    expect(card.locator("span.status")).to_have_text("Cancelled")
+    expect(card.get_by_role("button", name="Cancel")).to_have_count(0)
+    assert_stayed_local(visitor)
+
+
+def test_openai_rate_limit_shows_a_readable_message_in_the_card(visit_server, tmp_path):
+    import httpx2
+    from config import new_webhook_secret
+    from tests.conftest import LiveServer, free_port
+    secret, app_port = new_webhook_secret(), free_port()
+    emulator = LiveServer(tmp_path, "emulator.py", "EMULATOR_PORT", "/_emulator/stats", OPENAI_WEBHOOK_SECRET=secret,
+                          EMULATOR_WEBHOOK_URL=f"http://127.0.0.1:{app_port}/api/webhook")
+    try:
+        visitor = visit_server(port=app_port, OPENAI_API_KEY="sk-browser-test", OPENAI_WEBHOOK_SECRET=secret,
+                               OPENAI_BASE_URL=f"{emulator.url}/v1")
+        page = visitor.open()
+        expect(page.locator("#demo-banner")).to_have_count(0)
+        httpx2.post(f"{emulator.url}/_emulator/fail", json={"operation": "create", "status": 429,
+                    "message": "Rate limit reached for gpt-5-mini", "headers": {"retry-after": "20"}})
+        queue_prompt(page, "This one meets a rate limit")
+        card = page.locator("#tasks article.task")
+        expect(card.locator("span.status")).to_have_text("Failed")
+        expect(card.locator(".task-error")).to_contain_text("Rate limit reached for gpt-5-mini")
+        expect(card.locator(".task-error")).to_contain_text("Retry after 20 s")
+        assert "sk-browser-test" not in page.content()
+        assert_stayed_local(visitor)
+    finally:
+        emulator.stop()
