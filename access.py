@@ -1,8 +1,10 @@
 """Who is calling: access tokens, signed-in sessions, owners, and the cross-site check.
 
-With APP_ACCESS_TOKENS set, a browser signs in once with a token (its session then holds the
-token's fingerprint, never the token), and an API client sends `Authorization: Bearer <token>`.
+With APP_ACCESS_TOKENS set, a browser signs in once with a token (its session then holds a keyed
+fingerprint of the token, never the token), and an API client sends `Authorization: Bearer <token>`.
 Each browser session and each token is an owner: the tasks it queued are the ones it sees.
+Without tokens the app is open: a browser session is still an owner, and API calls that carry no
+session cookie share one owner, "api" (so an Idempotency-Key works from curl).
 """
 import hashlib
 import hmac
@@ -12,18 +14,15 @@ from starlette.requests import Request
 
 PUBLIC_PATHS = ("/health", "/signin")
 OWNING_PATHS = ("/", "/api/queue")
+API_OWNER = "api"
 
 
 def new_owner() -> str: return "browser_" + secrets.token_urlsafe(12)
 
 
-def fingerprint(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()[:32]
-
-
 class Gate:
-    def __init__(self, tokens: list[str]):
-        self.tokens = tokens
+    def __init__(self, tokens: list[str], key: str):
+        self.tokens, self._key = tokens, key.encode()
 
     @property
     def on(self) -> bool: return bool(self.tokens)
@@ -34,23 +33,37 @@ class Gate:
         for candidate in self.tokens: found |= hmac.compare_digest(candidate.encode(), token.encode())
         return found
 
-    def bearer_owner(self, request: Request) -> str | None:
-        "The owner named by a valid `Authorization: Bearer` token."
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip() or not self.valid(token.strip()): return None
-        return "token_" + fingerprint(token.strip())
+    def _signed_in_mark(self, token: str) -> str:
+        "What a signed-in session keeps: an HMAC of the token under the session key, useless for guessing it."
+        return hmac.new(self._key, token.encode(), hashlib.sha256).hexdigest()[:32]
 
-    def session_owner(self, session, create: bool) -> str | None:
-        """The session's owner; None when the gate refuses it. With the gate off, a session gets an owner
-        (and so a cookie) only where `create` says one is needed; until then it is anonymous ("")."""
-        if self.on and session.get("signed_in") not in {fingerprint(t) for t in self.tokens}: return None
-        if create and "owner" not in session: session["owner"] = new_owner()
+    def bearer_token(self, request: Request) -> str | None:
+        "The token of an `Authorization: Bearer` header when the gate is on (other schemes are not ours)."
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        return token.strip() if self.on and scheme.lower() == "bearer" else None
+
+    def bearer_owner(self, token: str) -> str | None:
+        if not token or not self.valid(token): return None
+        return "token_" + hashlib.sha256(token.encode()).hexdigest()[:32]
+
+    def session_owner(self, request: Request, create: bool) -> str | None:
+        """The session's owner; None when the gate refuses it. With the gate off a session gets an owner (and
+        so a cookie) only where `create` says one is needed; an API call without a session is the API owner."""
+        session = request.session
+        if self.on: return session.get("owner") if session.get("signed_in") in {self._signed_in_mark(t) for t in self.tokens} else None
+        if "owner" in session: return session["owner"]
+        if "hx-request" not in request.headers and request.url.path.startswith("/api/"): return API_OWNER
+        if create: session["owner"] = new_owner()
         return session.get("owner", "")
+
+    def quota_key(self, request: Request, owner: str) -> str:
+        "Whose allowance a queueing spends: a token's, however many sessions signed in with it."
+        return "signin_" + request.session["signed_in"] if self.on and owner.startswith("browser_") else owner
 
     def sign_in(self, session, token: str) -> bool:
         if not self.valid(token): return False
         session.clear()
-        session.update(signed_in=fingerprint(token), owner=new_owner())
+        session.update(signed_in=self._signed_in_mark(token), owner=new_owner())
         return True
 
 

@@ -2,6 +2,7 @@
 import asyncio
 import logging
 import os
+import time
 from pathlib import Path
 
 from fasthtml.common import FastHTML, serve, to_xml
@@ -16,16 +17,18 @@ import ui
 from access import OWNING_PATHS, PUBLIC_PATHS, Gate, is_cross_site
 from config import Settings, load_settings
 from contract import (BadRequest, body_too_large, decode_cursor, encode_cursor, error_response, fragment, http_error,
-                      json_error, not_found, parse_fields, queue_request, retry_header, store_down, wants_html)
+                      json_error, not_found, parse_fields, queue_request, retry_header, server_error, store_down,
+                      wants_html)
 from openai_client import OpenAIError, OpenAIGateway, WebhookNotConfigured, WebhookRejected
 from limiter import Limited, QueueLimits
 from middleware import BodyLimit, SecurityHeaders
 from store import StoreUnavailable, store_for, store_kind
-from tasks import QueueRefused, TaskService, task_json
+from tasks import TASK_ID, IdempotencyConflict, QueueRefused, TaskService, WebhookBusy, task_json
 
 log = logging.getLogger("app")
 STATIC_DIR = Path(__file__).parent / "static"
 RECENT_TASKS = 20
+STORE_RETRY_SECONDS = 5
 
 
 def session_key(settings: Settings) -> str | None:
@@ -42,17 +45,17 @@ def create_app(settings: Settings | None = None, http_client=None) -> FastHTML:
     settings = settings or load_settings()
     secret_key = session_key(settings)
     if secret_key is None: Path("data").mkdir(exist_ok=True)
-    gate = Gate(list(settings.access_tokens))
-    exposed = settings.on_vercel and not gate.on and not settings.demo
+    store_kind(settings.database_url)
+    exposed = settings.on_vercel and not settings.access_tokens and not settings.demo
     if exposed: log.warning("APP_ACCESS_TOKENS is not set: anyone with this app's URL can spend your OpenAI key and read every result")
 
     def caller(request: Request) -> str | Response:
         "The caller's owner, or the answer that refuses it: 403 for a cross-site write, 401 or sign-in without a valid token."
-        bearer = "authorization" in request.headers
-        if request.method == "POST" and not bearer and is_cross_site(request):
+        token = gate.bearer_token(request)
+        if request.method == "POST" and token is None and is_cross_site(request):
             return error_response(request, 403, "Cross-site request refused: use the app's own page or the API with a token", "cross_site")
         path = request.url.path
-        owner = gate.bearer_owner(request) if bearer else gate.session_owner(request.session, create=path in OWNING_PATHS)
+        owner = gate.bearer_owner(token) if token is not None else gate.session_owner(request, create=path in OWNING_PATHS)
         if owner is not None or path in PUBLIC_PATHS: return owner
         if path.startswith("/api/") and not wants_html(request):
             return json_error(401, "Missing or wrong access token: send Authorization: Bearer <token> (one of APP_ACCESS_TOKENS)",
@@ -66,22 +69,30 @@ def create_app(settings: Settings | None = None, http_client=None) -> FastHTML:
 
     app = FastHTML(default_hdrs=False, secret_key=secret_key, key_fname="data/.sesskey", session_cookie="session",
                    same_site="lax", title="Background prompts", before=before,
-                   exception_handlers={StoreUnavailable: store_down, HTTPException: http_error, 404: http_error, 405: http_error},
+                   exception_handlers={StoreUnavailable: store_down, HTTPException: http_error, 404: http_error, 405: http_error,
+                                       Exception: server_error},
                    middleware=[Middleware(SecurityHeaders),
                                Middleware(BodyLimit, limit=settings.max_body_bytes, refuse=body_too_large)],
                    routes=[Mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")])
     rt = app.route
+    gate = Gate(list(settings.access_tokens), app.secret_key)
     gateway = OpenAIGateway(settings, webhook_target=app, http_client=http_client)
     queue_limits = QueueLimits(settings.queue_rate, settings.rate_limit_storage_url, settings.max_running_per_owner)
-    state = {"service": None}
+    state = {"service": None, "failed_at": 0.0}
     ready = asyncio.Lock()
 
     async def service() -> TaskService:
-        "The task service, its store opened on first use (so it works under any server, and on Vercel)."
+        """The task service, its store opened on first use (so it works under any server, and on Vercel).
+        After a failure to open it, requests fail fast for a few seconds instead of queueing behind retries."""
         if state["service"] is None:
             async with ready:
+                if time.monotonic() - state["failed_at"] < STORE_RETRY_SECONDS:
+                    raise StoreUnavailable("the database was unreachable moments ago")
                 if state["service"] is None:
-                    store = await store_for(settings.database_url).open()
+                    try: store = await store_for(settings.database_url).open()
+                    except StoreUnavailable:
+                        state["failed_at"] = time.monotonic()
+                        raise
                     state["service"] = TaskService(store, gateway, settings.reconcile_seconds)
         return state["service"]
 
@@ -98,9 +109,12 @@ def create_app(settings: Settings | None = None, http_client=None) -> FastHTML:
         return ui.prompt_form(settings.allowed_models, settings.max_prompt_chars, hx_swap_oob="true")
 
     async def owned_task(task_id: str, owner: str) -> dict | None:
-        "The task, if this owner may see it: with the gate on, only its owner may."
-        task = await (await service()).read_quietly(task_id)
-        return None if task is None or (gate.on and task["owner"] != owner) else task
+        "The task, refreshed if due, if this owner may see it: with the gate on, only its owner may."
+        if not TASK_ID.fullmatch(task_id): return None
+        svc = await service()
+        task = await svc.store.get(task_id)
+        if task is None or (gate.on and task["owner"] != owner): return None
+        return await svc.read_quietly(task_id)
 
     @rt("/", methods=["get"])
     async def index(auth):
@@ -128,9 +142,10 @@ def create_app(settings: Settings | None = None, http_client=None) -> FastHTML:
         try: args = queue_request(await parse_fields(request), request.headers, settings)
         except BadRequest as exc: return error_response(request, exc.status, exc.message, exc.kind)
         svc = await service()
-        try: await queue_limits.admit(auth, await svc.store.count_running(auth))
+        try: await queue_limits.admit(gate.quota_key(request, auth), await svc.store.count_running(auth))
         except Limited as exc: return error_response(request, 429, exc.message, "rate_limited", retry_header(exc.retry_after))
         try: task, _ = await svc.queue(auth, **args)
+        except IdempotencyConflict as exc: return error_response(request, 409, str(exc), "idempotency_conflict")
         except QueueRefused as refused:
             exc = refused.error
             if not wants_html(request): return json_error(exc.status, exc.message, exc.kind, retry_header(exc.retry_after))
@@ -159,10 +174,11 @@ def create_app(settings: Settings | None = None, http_client=None) -> FastHTML:
         return HTMLResponse(ui.card_html(task)) if wants_html(request) else JSONResponse(task_json(task))
 
     @rt("/api/tasks", methods=["get"])
-    async def tasks(auth, cursor: str = "", limit: int = 20):
+    async def tasks(auth, cursor: str = "", limit: str = "20"):
         try: before_cursor = decode_cursor(cursor) if cursor else None
         except ValueError: return json_error(400, "Malformed cursor: pass back next_cursor as it was given", "invalid_cursor")
-        limit = max(1, min(limit, 100))
+        if not limit.isdigit(): return json_error(400, "limit must be a whole number from 1 to 100", "invalid_limit")
+        limit = max(1, min(int(limit), 100))
         page = await (await service()).store.list_for_owner(auth, limit + 1, before_cursor)
         more = len(page) > limit
         return JSONResponse({"tasks": [task_json(t) for t in page[:limit]],
@@ -183,6 +199,8 @@ def create_app(settings: Settings | None = None, http_client=None) -> FastHTML:
         except OpenAIError as exc:
             log.warning("webhook %s not handled, OpenAI will retry: %s", webhook_id, exc.message)
             return json_error(503, f"Could not check the response with OpenAI: {exc.message}", exc.kind)
+        except WebhookBusy:
+            return json_error(503, "This event is being handled by another delivery: send it again later", "webhook_busy")
         log.info("webhook %s (%s, %s): %s", webhook_id, event_type, response_id, outcome)
         return JSONResponse({"received": True, "outcome": outcome})
 

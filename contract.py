@@ -13,6 +13,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 import ui
 from config import Settings
 from store import StoreUnavailable
+from tasks import TASK_ID
 
 log = logging.getLogger("app")
 
@@ -77,7 +78,8 @@ def encode_cursor(task: dict) -> str:
 def decode_cursor(cursor: str) -> tuple[float, str]:
     try: created_at, task_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
     except (ValueError, TypeError, binascii.Error) as exc: raise ValueError("malformed cursor") from exc
-    if not isinstance(created_at, (int, float)) or not isinstance(task_id, str): raise ValueError("malformed cursor")
+    if not isinstance(created_at, (int, float)) or not isinstance(task_id, str) or not TASK_ID.fullmatch(task_id):
+        raise ValueError("malformed cursor")
     return float(created_at), task_id
 
 
@@ -85,14 +87,20 @@ async def http_error(request: Request, exc: HTTPException):
     "Starlette's and FastHTML's own refusals (malformed body, unknown path, wrong method) in the contract's shape."
     message = {404: "Not found: see the README for the API's routes", 405: "Method not allowed on this path"}.get(
         exc.status_code, str(exc.detail))
+    kind = "invalid_json" if "JSON" in message else "invalid_request"
     if request.url.path.startswith("/api/") or wants_html(request):
-        return error_response(request, exc.status_code, message, "invalid_request")
+        return error_response(request, exc.status_code, message, kind)
     return Response(message, status_code=exc.status_code, media_type="text/plain")
 
 
 def body_too_large(scope, limit: int) -> Response:
     return error_response(Request(scope), 413, f"The request body is over {limit} bytes: send a shorter prompt",
                           "request_too_large")
+
+
+async def server_error(request: Request, exc: Exception):
+    log.exception("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(request, 500, "Something went wrong on our side; the log has the details. Try again.", "server_error")
 
 
 async def store_down(request: Request, exc: StoreUnavailable):
@@ -119,6 +127,8 @@ def queue_request(fields: dict, headers, settings: Settings) -> dict:
         raise BadRequest(400, f"Unknown reasoning_effort: choose one of {', '.join(ui.REASONING_EFFORTS[1:])}",
                          "unknown_reasoning_effort")
     if key is not None and len(key) > 200: raise BadRequest(400, "The idempotency key is over 200 characters")
+    if any("\x00" in value for value in (prompt, model, effort or "", key or "")):
+        raise BadRequest(400, "The request holds a NUL character (\\x00): remove it")
     return {"prompt": prompt, "model": model, "reasoning_effort": effort, "idempotency_key": key}
 
 

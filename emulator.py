@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import httpx2
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
 log = logging.getLogger("emulator")
@@ -125,7 +125,8 @@ class Emulator:
         ])
 
     def fail_next(self, operation: str, status: int, message: str = "Emulated failure", headers: dict | None = None):
-        "Make the next `operation` (create, retrieve, cancel) answer `status`; 0 drops the connection, -1 times out."
+        """Make the next `operation` (create, retrieve, cancel) answer `status` with an OpenAI-style error; 0 drops
+        the connection, -1 times out, 200 answers `message` as plain text (a proxy's page, not the API)."""
         self.planned_failures.setdefault(operation, []).append({"status": status, "message": message, "headers": headers})
 
     def _planned_failure(self, operation: str) -> JSONResponse | None:
@@ -134,6 +135,7 @@ class Emulator:
         failure = planned.pop(0)
         if failure["status"] == 0: raise httpx2.ConnectError("emulated connection drop")
         if failure["status"] == -1: raise httpx2.ReadTimeout("emulated timeout")
+        if failure["status"] == 200: return PlainTextResponse(failure["message"])
         kind = {401: "invalid_request_error", 429: "rate_limit_error"}.get(failure["status"], "api_error")
         return _error(failure["status"], failure["message"], kind, failure["headers"])
 

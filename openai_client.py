@@ -80,7 +80,7 @@ def state_of(response: dict) -> ResponseState:
 
 class OpenAIGateway:
     """`AsyncOpenAI` aimed at OpenAI, or in demo mode at the in-process emulator."""
-    create_timeout, read_timeout, webhook_read_timeout = 30.0, 10.0, 5.0
+    create_timeout, read_timeout, webhook_read_timeout = 20.0, 10.0, 5.0  # create ends well within Vercel's 30 s
 
     def __init__(self, settings: Settings, webhook_target=None, http_client: httpx2.AsyncClient | None = None):
         "`http_client` replaces the network in OpenAI mode (tests aim it at an emulator)."
@@ -100,7 +100,8 @@ class OpenAIGateway:
         "Turn an SDK exception into an OpenAIError whose message holds no secret."
         scrub = lambda text: _scrub(text, (self.settings.openai_api_key, self.webhook_secret))
         if isinstance(exc, openai.APITimeoutError):
-            return OpenAIError(503, f"OpenAI did not answer in time while {doing}: try again in a minute", "openai_timeout")
+            return OpenAIError(503, f"OpenAI did not answer in time while {doing} (it may have started anyway: "
+                                    "check the OpenAI dashboard before trying again)", "openai_timeout")
         if isinstance(exc, openai.APIConnectionError):
             return OpenAIError(503, f"Could not reach OpenAI while {doing}: check the network or OPENAI_BASE_URL", "openai_unreachable")
         if not isinstance(exc, openai.APIStatusError):
@@ -125,12 +126,17 @@ class OpenAIGateway:
         "Call an SDK method through `with_raw_response` and read the response's JSON."
         try: raw = await method(*args, **kwargs)
         except openai.OpenAIError as exc: raise self._fail(exc, doing) from None
-        return state_of(raw.http_response.json())
+        try: return state_of(raw.http_response.json())
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise OpenAIError(502, f"The answer while {doing} was not a Responses API response: check OPENAI_BASE_URL",
+                              "openai_bad_answer") from None
 
-    async def create(self, prompt: str, model: str, reasoning_effort: str | None = None) -> ResponseState:
+    async def create(self, prompt: str, model: str, reasoning_effort: str | None = None, task_id: str = "") -> ResponseState:
+        "Start a background response; the task id goes along as metadata and as the request's Idempotency-Key."
         extra = {"reasoning": {"effort": reasoning_effort}} if reasoning_effort else {}
         return await self._call("queueing the prompt", self.client.responses.with_raw_response.create, input=prompt,
-                                model=model, background=True, store=True, timeout=self.create_timeout, **extra)
+                                model=model, background=True, store=True, timeout=self.create_timeout,
+                                metadata={"task_id": task_id}, extra_headers={"Idempotency-Key": task_id}, **extra)
 
     async def retrieve(self, response_id: str, for_webhook: bool = False) -> ResponseState:
         return await self._call("checking the response", self.client.responses.with_raw_response.retrieve, response_id,

@@ -27,9 +27,12 @@ SCHEMA = [
         checked_at DOUBLE PRECISION)""",
     "CREATE UNIQUE INDEX IF NOT EXISTS tasks_idempotency ON tasks (owner, idempotency_key)",
     "CREATE INDEX IF NOT EXISTS tasks_by_owner ON tasks (owner, created_at, id)",
-    "CREATE TABLE IF NOT EXISTS webhook_events (id TEXT PRIMARY KEY, received_at DOUBLE PRECISION NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS webhook_events (id TEXT PRIMARY KEY, received_at DOUBLE PRECISION NOT NULL, "
+    "done INTEGER NOT NULL DEFAULT 0)",
     "CREATE INDEX IF NOT EXISTS webhook_events_age ON webhook_events (received_at)",
 ]
+ADDED_COLUMNS = [("tasks", "started_at", "DOUBLE PRECISION"), ("webhook_events", "done", "INTEGER NOT NULL DEFAULT 1")]
+WEBHOOK_CLAIM_STALE_SECONDS = 60
 RANK_SQL = "CASE status WHEN 'queued' THEN 0 WHEN 'in_progress' THEN 1 ELSE 2 END"
 INSERT_TASK = (f"INSERT INTO tasks ({', '.join(TASK_COLUMNS)}) VALUES ({', '.join(':' + c for c in TASK_COLUMNS)}) "
                "ON CONFLICT DO NOTHING")
@@ -95,6 +98,9 @@ class SqlTaskStore:
     async def attach_response(self, task_id: str, response_id: str) -> bool:
         return await self._execute(ATTACH_RESPONSE, {"id": task_id, "response_id": response_id, "now": time.time()}) == 1
 
+    async def forget_idempotency_key(self, task_id: str):
+        await self._execute("UPDATE tasks SET idempotency_key = NULL WHERE id = :id", {"id": task_id})
+
     async def advance(self, task_id: str, status: str, output_text: str | None = None, error: str | None = None,
                       usage: dict | None = None) -> bool:
         "Move a task forward to `status`; False (and no change) when that would not be forward."
@@ -109,18 +115,35 @@ class SqlTaskStore:
         now = time.time()
         return await self._execute(CLAIM_CHECK, {"id": task_id, "now": now, "due": now - interval}) == 1
 
-    async def claim_webhook(self, webhook_id: str) -> bool:
-        "True the first time a webhook id is seen; forgets ids older than a week (checked hourly)."
+    async def migrate(self):
+        "Add the columns that a database made by an older version lacks (idempotent, safe to race)."
+        for table, column, declaration in ADDED_COLUMNS:
+            try: await self._fetch(f"SELECT {column} FROM {table} LIMIT 0", {})
+            except StoreUnavailable:
+                try: await self._execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}", {})
+                except StoreUnavailable: await self._fetch(f"SELECT {column} FROM {table} LIMIT 0", {})
+
+    async def claim_webhook(self, webhook_id: str) -> str:
+        """Claim a webhook id for handling: "claimed" (handle it), "done" (handled before) or "busy" (being
+        handled elsewhere right now). A claim left unfinished for a minute is taken over. Ids are kept a week."""
         now = time.time()
         if now - self._pruned_at > 3600:
             self._pruned_at = now
             await self._execute("DELETE FROM webhook_events WHERE received_at < :old", {"old": now - WEBHOOK_MEMORY_SECONDS})
-        return await self._execute("INSERT INTO webhook_events (id, received_at) VALUES (:id, :now) ON CONFLICT DO NOTHING",
-                                   {"id": webhook_id, "now": now}) == 1
+        params = {"id": webhook_id, "now": now, "stale": now - WEBHOOK_CLAIM_STALE_SECONDS}
+        if await self._execute("INSERT INTO webhook_events (id, received_at, done) VALUES (:id, :now, 0) ON CONFLICT DO NOTHING", params):
+            return "claimed"
+        if await self._execute("UPDATE webhook_events SET received_at = :now WHERE id = :id AND done = 0 AND received_at < :stale", params):
+            return "claimed"
+        rows = await self._fetch("SELECT done FROM webhook_events WHERE id = :id", params)
+        return "done" if rows and rows[0]["done"] else "busy" if rows else await self.claim_webhook(webhook_id)
+
+    async def finish_webhook(self, webhook_id: str):
+        await self._execute("UPDATE webhook_events SET done = 1 WHERE id = :id", {"id": webhook_id})
 
     async def release_webhook(self, webhook_id: str):
         "Forget a webhook id whose handling failed, so that OpenAI's retry is handled."
-        await self._execute("DELETE FROM webhook_events WHERE id = :id", {"id": webhook_id})
+        await self._execute("DELETE FROM webhook_events WHERE id = :id AND done = 0", {"id": webhook_id})
 
     async def count_running(self, owner: str) -> int:
         rows = await self._fetch(f"SELECT COUNT(*) AS n FROM tasks WHERE owner = :owner AND {RANK_SQL} < 2", {"owner": owner})
@@ -156,13 +179,13 @@ class SqliteTaskStore(SqlTaskStore):
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=busy_ms / 1000)
         db.row_factory = sqlite3.Row
         db.execute(f"PRAGMA busy_timeout={busy_ms}")
+        db.execute("PRAGMA synchronous=NORMAL")
         return db
 
     def _connect(self):
         if self.path != ":memory:": Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         db = self._connection(10_000)
         db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
         for statement in SCHEMA: db.execute(statement)
         self._db = db
 
@@ -177,6 +200,7 @@ class SqliteTaskStore(SqlTaskStore):
             self._reader.execute("PRAGMA query_only=ON")
             self._writer = self._connection(0)
         except sqlite3.Error as exc: raise StoreUnavailable(f"SQLite at {self.path}: {exc}") from exc
+        await self.migrate()
         return self
 
     async def close(self):
@@ -210,14 +234,16 @@ class PostgresTaskStore(SqlTaskStore):
         self._pool = AsyncConnectionPool(self.url, min_size=1, max_size=self.max_size, open=False,
                                          kwargs={"autocommit": True, "row_factory": dict_row})
         try:
-            await self._pool.open(wait=True, timeout=10)
+            await self._pool.open(wait=True, timeout=5)
             async with self._pool.connection() as conn:
                 await conn.execute("SELECT pg_advisory_lock(727274)")
                 try:
                     for statement in SCHEMA: await conn.execute(statement)
                 finally: await conn.execute("SELECT pg_advisory_unlock(727274)")
         except Exception as exc:
+            await self._pool.close()
             raise StoreUnavailable(f"PostgreSQL: {type(exc).__name__}: {_without_password(str(exc))}") from exc
+        await self.migrate()
         return self
 
     async def close(self):

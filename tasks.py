@@ -1,6 +1,7 @@
 """What happens to a task: queueing it, learning of its end (webhook or reconcile), cancelling it."""
 import asyncio
 import logging
+import re
 import secrets
 import time
 from datetime import datetime, timezone
@@ -10,7 +11,19 @@ from store import TERMINAL, SqlTaskStore, new_task_row
 
 log = logging.getLogger("tasks")
 RESPONSE_EVENTS = ("response.completed", "response.failed", "response.cancelled", "response.incomplete")
+WEBHOOK_WAIT_STEPS, WEBHOOK_WAIT_STEP_SECONDS = 40, 0.05
+TASK_ID = re.compile(r"task_[A-Za-z0-9_-]{16}")
+ORPHAN_SECONDS = 120
+INTERRUPTED_MESSAGE = "Queueing was interrupted before OpenAI answered: queue the prompt again."
 NOT_FOUND_MESSAGE = "OpenAI no longer knows this response (404): it may have been deleted or have expired."
+
+
+class WebhookBusy(Exception):
+    "Another delivery of this webhook is still being handled."
+
+
+class IdempotencyConflict(Exception):
+    "An idempotency key reused for a different request."
 
 
 class QueueRefused(Exception):
@@ -54,17 +67,24 @@ class TaskService:
         """Store the task, then create its background response. Returns (task, created).
 
         A known idempotency key returns the task it made, and creates nothing. If OpenAI refuses,
-        the task is kept as failed with the reason, and QueueRefused is raised.
+        the task is kept as failed with the reason (its key freed, so a retry may use it again),
+        and QueueRefused is raised.
         """
         row = new_task_row(id=new_task_id(), owner=owner, prompt=prompt, model=model,
                            reasoning_effort=reasoning_effort, idempotency_key=idempotency_key)
         task, created = await self.store.create(row)
-        if not created: return task, False
+        if not created:
+            if (task["prompt"], task["model"]) != (prompt, model):
+                raise IdempotencyConflict("This Idempotency-Key was already used for a different prompt: use a new key")
+            return task, False
         try:
-            state = await self.gateway.create(prompt, model, reasoning_effort)
-        except OpenAIError as exc:
-            await self.store.advance(task["id"], "failed", error=exc.message)
-            raise QueueRefused(await self.store.get(task["id"]), exc) from None
+            state = await self.gateway.create(prompt, model, reasoning_effort, task_id=task["id"])
+        except BaseException as exc:
+            error = exc if isinstance(exc, OpenAIError) else None
+            await self.store.advance(task["id"], "failed", error=error.message if error else INTERRUPTED_MESSAGE)
+            await self.store.forget_idempotency_key(task["id"])
+            if error is None: raise
+            raise QueueRefused(await self.store.get(task["id"]), error) from None
         await self.store.attach_response(task["id"], state.id)
         await self._record(task["id"], state)
         return await self.store.get(task["id"]), True
@@ -72,6 +92,9 @@ class TaskService:
     async def read(self, task_id: str) -> dict | None:
         "The task, first refreshed from OpenAI if it is running and was last checked over an interval ago."
         task = await self.store.get(task_id)
+        if task and not task["response_id"] and not is_terminal(task) and task["created_at"] < time.time() - ORPHAN_SECONDS:
+            await self.store.advance(task_id, "failed", error=INTERRUPTED_MESSAGE)
+            return await self.store.get(task_id)
         if task and self._check_due(task) and await self.store.claim_check(task_id, self.reconcile_seconds):
             await self.refresh(task)
             task = await self.store.get(task_id)
@@ -83,12 +106,13 @@ class TaskService:
         return task["checked_at"] is None or task["checked_at"] <= time.time() - self.reconcile_seconds
 
     async def refresh(self, task: dict, for_webhook: bool = False):
-        "Ask OpenAI for the response's state and record it; a 404 ends the task as failed."
+        """Ask OpenAI for the response's state and record it; a 404 ends the task as failed (but not in demo
+        mode, where another process's emulator may be the one that knows it: its webhook will come)."""
         try:
             state = await self.gateway.retrieve(task["response_id"], for_webhook=for_webhook)
         except OpenAIError as exc:
             if not exc.not_found: raise
-            await self.store.advance(task["id"], "failed", error=NOT_FOUND_MESSAGE)
+            if self.gateway.emulator is None: await self.store.advance(task["id"], "failed", error=NOT_FOUND_MESSAGE)
             return
         await self._record(task["id"], state)
 
@@ -105,18 +129,25 @@ class TaskService:
             return await self.store.get(task_id)
 
     async def handle_webhook(self, webhook_id: str, event_type: str, response_id: str | None) -> str:
-        "Apply a verified event; returns what was done. Raises if OpenAI cannot be asked (OpenAI will retry)."
+        """Apply a verified event once; returns what was done. A copy that arrives while the first is being
+        handled waits for it. Raises OpenAIError, or WebhookBusy, when OpenAI should deliver it again later."""
         if event_type not in RESPONSE_EVENTS or not response_id: return "ignored"
         task = await self.store.get_by_response(response_id)
         if task is None: return "unknown response"
         if is_terminal(task): return "already final"
-        if not await self.store.claim_webhook(webhook_id): return "duplicate"
-        try:
-            await self.refresh(task, for_webhook=True)
-            return "updated"
-        except Exception:
+        claim = await self.store.claim_webhook(webhook_id)
+        for _ in range(WEBHOOK_WAIT_STEPS):
+            if claim != "busy": break
+            await asyncio.sleep(WEBHOOK_WAIT_STEP_SECONDS)
+            claim = await self.store.claim_webhook(webhook_id)
+        if claim == "done": return "duplicate"
+        if claim == "busy": raise WebhookBusy(webhook_id)
+        try: await self.refresh(task, for_webhook=True)
+        except BaseException:
             await self.store.release_webhook(webhook_id)
             raise
+        await self.store.finish_webhook(webhook_id)
+        return "updated"
 
     async def cancel(self, task: dict) -> dict:
         "Ask OpenAI to cancel; the task ends as whatever OpenAI then says it is."

@@ -5,13 +5,17 @@ ports (uvicorn, one worker, `--log-level warning`, no access log), measures, pri
 table and writes it to bench/results/latest.md. Every load goes to 127.0.0.1 and is bounded in
 count and time; every child process is stopped on exit, on error and on Ctrl-C.
 
-1. GET /api/status/{id} of a completed task, JSON and HTMX fragment: wrk req/s and p99, vs bare.
+1. GET /api/status/{id} of a completed task (1a JSON, 1b HTMX fragment), and of a running one as the
+   page polls it (1c, 1d): wrk req/s, p99 and the server's CPU per request, vs bare.
 2. Verified webhook deliveries at a fixed rate: ack latency, errors, achieved rate, vs bare POST.
 3. The status read with 100,000 stored tasks vs 100.
 4. OpenAI retrieves per task while 100 viewers poll /api/status every 2 s.
 
 The app runs in OpenAI mode against the standalone emulator (`python emulator.py`).
 `--database-url postgresql://...` runs every app on PostgreSQL (a fresh schema each, dropped after).
+Each run serves a frozen copy of the app (the working tree, or `--app-ref REF`), so edits made while
+it runs do not mix into its figures; `--app-target` serves an experiment from bench/ instead of app:app.
+`bench/profile_status.py` gives the profiles behind the status figures.
 """
 import argparse
 import asyncio
@@ -21,7 +25,6 @@ import hashlib
 import json
 import os
 import platform
-import re
 import secrets
 import shlex
 import shutil
@@ -203,13 +206,6 @@ class SqliteStores:
     @staticmethod
     def _path(url: str) -> str: return url.split(":///", 1)[1]
 
-    def fetch_row(self, url: str, task_id: str) -> dict:
-        with contextlib.closing(sqlite3.connect(self._path(url))) as db:
-            db.row_factory = sqlite3.Row
-            row = db.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
-        if row is None: raise BenchError(f"task {task_id} is not in {url}")
-        return dict(row)
-
     def insert(self, url: str, rows):
         columns = ", ".join(TASK_COLUMNS)
         sql = f"INSERT INTO tasks ({columns}) VALUES ({', '.join('?' * len(TASK_COLUMNS))})"
@@ -235,13 +231,6 @@ class PostgresStores:
             conn.execute(f"CREATE SCHEMA {schema}")
         self.schemas.append(schema)
         return f"{self.url}{'&' if '?' in self.url else '?'}options=-csearch_path%3D{schema}"
-
-    def fetch_row(self, url: str, task_id: str) -> dict:
-        from psycopg.rows import dict_row
-        with self.psycopg.connect(url, row_factory=dict_row) as conn:
-            row = conn.execute("SELECT * FROM tasks WHERE id = %s", (task_id,)).fetchone()
-        if row is None: raise BenchError(f"task {task_id} is not in the bench schema")
-        return dict(row)
 
     def insert(self, url: str, rows):
         with self.psycopg.connect(url, autocommit=True) as conn:

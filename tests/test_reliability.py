@@ -40,6 +40,7 @@ async def test_fifty_pollers_cause_at_most_one_retrieve_per_interval(make_harnes
 
 async def test_the_page_reconciles_running_tasks_too(make_harness):
     harness = await make_harness(demo_webhooks=False, reconcile_seconds=0.1)
+    await harness.client.get("/")  # a browser: its session owns what it queues
     task = (await harness.queue("page check")).json()
     await wait_for(lambda: harness.emulator.responses and all(
         r.status(time.time()) == "completed" for r in harness.emulator.responses.values()))
@@ -63,12 +64,26 @@ async def test_failed_and_incomplete_endings_show_why(harness, directive, status
     assert harness.emulator.deliveries[-1]["event"]["type"] == f"response.{status}"
 
 
-async def test_a_response_openai_no_longer_knows_ends_as_failed(make_harness):
-    harness = await make_harness(demo_webhooks=False, reconcile_seconds=0)
+async def test_a_response_openai_no_longer_knows_ends_as_failed(make_openai_harness):
+    harness = await make_openai_harness(reconcile_seconds=0, demo_delay_seconds=30)
     task = (await harness.queue()).json()
     harness.emulator.responses.clear()
     body = (await harness.status(task["id"])).json()
     assert body["status"] == "failed" and body["error"] == NOT_FOUND_MESSAGE
+
+
+async def test_demo_processes_sharing_a_database_do_not_fail_each_others_tasks(make_harness):
+    """`uvicorn --workers 2` in demo mode: each process has its own emulator, so B's emulator does not know
+    A's response; B must leave the task alone until A's webhook completes it."""
+    a = await make_harness(reconcile_seconds=0, demo_delay_seconds=0.5)
+    b = await make_harness(reconcile_seconds=0)
+    task = (await a.queue()).json()
+    assert (await b.status(task["id"])).json()["status"] == "queued"
+    assert b.emulator.calls["retrieve"] == 1
+
+    async def completed():
+        return (await b.status(task["id"])).json()["status"] == "completed"
+    await wait_for(completed)
 
 
 async def test_cancel_a_running_task_twice_is_safe(make_harness):
@@ -200,6 +215,7 @@ async def test_usage_and_timing_are_stored_and_shown(harness):
 
 
 async def test_api_tasks_lists_the_callers_tasks_newest_first_with_a_cursor(harness):
+    await harness.client.get("/")  # a browser session owns these tasks
     ids = [(await harness.queue(f"task {i}")).json()["id"] for i in range(5)]
     page1 = (await harness.client.get("/api/tasks?limit=2")).json()
     page2 = (await harness.client.get(f"/api/tasks?limit=2&cursor={page1['next_cursor']}")).json()
@@ -208,5 +224,45 @@ async def test_api_tasks_lists_the_callers_tasks_newest_first_with_a_cursor(harn
     assert listed == ids[::-1] and page3["next_cursor"] is None
     assert (await harness.client.get("/api/tasks?cursor=not-a-cursor")).status_code == 400
     stranger = harness.client.__class__(transport=harness.client._transport, base_url="http://testserver")
+    await stranger.get("/")
     assert (await stranger.get("/api/tasks")).json() == {"tasks": [], "next_cursor": None}
     await stranger.aclose()
+    assert (await harness.client.get("/api/tasks?limit=abc")).status_code == 400
+
+
+async def test_api_calls_without_a_session_share_the_api_owner(harness):
+    plain = harness.client.__class__(transport=harness.client._transport, base_url="http://testserver")
+    first = await plain.post("/api/queue", json={"prompt": "from curl"}, headers={"Idempotency-Key": "curl-1"})
+    again = await plain.post("/api/queue", json={"prompt": "from curl"}, headers={"Idempotency-Key": "curl-1"})
+    assert first.json()["id"] == again.json()["id"] and "set-cookie" not in first.headers
+    assert [t["id"] for t in (await plain.get("/api/tasks")).json()["tasks"]] == [first.json()["id"]]
+    conflict = await plain.post("/api/queue", json={"prompt": "another prompt"}, headers={"Idempotency-Key": "curl-1"})
+    assert conflict.status_code == 409 and conflict.json()["error"]["type"] == "idempotency_conflict"
+    await plain.aclose()
+
+
+async def test_a_key_refused_by_openai_can_be_retried(make_openai_harness):
+    harness = await make_openai_harness()
+    harness.emulator.fail_next("create", 429, "Rate limit reached", {"retry-after": "1"})
+    refused = await harness.client.post("/api/queue", json={"prompt": "again"}, headers={"Idempotency-Key": "k"})
+    retried = await harness.client.post("/api/queue", json={"prompt": "again"}, headers={"Idempotency-Key": "k"})
+    assert refused.status_code == 429 and retried.status_code == 202 and retried.json()["status"] == "queued"
+    assert harness.emulator.calls["create"] == 2
+
+
+async def test_an_answer_that_is_not_a_response_fails_the_task_with_a_clear_error(make_openai_harness):
+    harness = await make_openai_harness()
+    harness.emulator.fail_next("create", 200, "<html>a proxy's login page</html>")
+    response = await harness.queue()
+    assert response.status_code == 502 and "not a Responses API response" in response.json()["error"]["message"]
+    assert (await harness.client.get("/api/tasks")).json()["tasks"][0]["status"] == "failed"
+
+
+async def test_a_task_whose_queueing_was_interrupted_ends_as_failed(harness):
+    from store import new_task_row
+    store = await harness.store()
+    row = new_task_row(id="task_interrupted00000", owner="api", prompt="p", model="m")
+    row["created_at"] -= 600
+    await store.create(row)
+    body = (await harness.status(row["id"])).json()
+    assert body["status"] == "failed" and "interrupted" in body["error"]

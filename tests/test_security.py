@@ -12,7 +12,7 @@ import httpx2
 import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
-from tests.conftest import AppHarness
+from tests.conftest import PG_URL, AppHarness, _drop_schema, _pg_schema_url
 
 TOKENS = ("alpha-token-0123456789", "bravo-token-9876543210")
 
@@ -116,6 +116,7 @@ async def test_session_cookie_is_signed_httponly_lax_secure_on_https_and_holds_n
 
 async def test_the_eleventh_queue_in_a_minute_gets_429_with_retry_after(make_harness):
     harness = await make_harness(queue_rate="10/minute", max_running_per_owner=100)
+    await harness.client.get("/")  # one browser
     answers = [await harness.queue(f"prompt {i}") for i in range(11)]
     assert [a.status_code for a in answers] == [202] * 10 + [429]
     assert int(answers[-1].headers["retry-after"]) > 0
@@ -221,12 +222,19 @@ webhook_headers = st.dictionaries(st.sampled_from(["webhook-id", "webhook-timest
                                   st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=60))
 
 
-def test_fuzz_every_route_no_5xx_and_nothing_stored_on_4xx(tmp_path, settings):
+@pytest.mark.parametrize("database", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_fuzz_every_route_no_5xx_and_nothing_stored_on_4xx(tmp_path, settings, database):
     from dataclasses import replace
     from app import create_app
     loop = asyncio.new_event_loop()
+    database_url, schema = f"sqlite:///{tmp_path}/fuzz.db", None
+    if database == "postgresql":
+        if not PG_URL:
+            if os.environ.get("CI"): pytest.fail("TEST_DATABASE_URL is not set, and CI must test PostgreSQL")
+            pytest.skip("TEST_DATABASE_URL is not set")
+        schema, database_url = loop.run_until_complete(_pg_schema_url())
     harness = AppHarness(create_app(replace(settings, queue_rate="100000/minute", max_running_per_owner=100000, demo_webhooks=False,
-                                            access_tokens=TOKENS, database_url=f"sqlite:///{tmp_path}/fuzz.db")))
+                                            access_tokens=TOKENS, database_url=database_url)))
 
     async def counts():
         store = await harness.store()
@@ -256,4 +264,31 @@ def test_fuzz_every_route_no_5xx_and_nothing_stored_on_4xx(tmp_path, settings):
         assert len(statuses) >= 300 and {202, 400, 401, 404}.issubset(statuses), sorted(set(statuses))
     finally:
         loop.run_until_complete(harness.close())
+        if schema: loop.run_until_complete(_drop_schema(schema))
         loop.close()
+
+
+async def test_other_authorization_schemes_are_not_ours(make_harness, gated):
+    open_app = await make_harness()
+    behind_basic_auth = await open_app.client.post("/api/queue", json={"prompt": "hi"},
+                                                   headers={"Authorization": "Basic dXNlcjpwYXNz"})
+    assert behind_basic_auth.status_code == 202
+    assert (await open_app.client.get("/", headers={"Authorization": "Bearer whatever"})).status_code == 200
+    client = await signed_in_browser(gated)
+    assert (await client.get("/", headers={"Authorization": "Basic dXNlcjpwYXNz"})).status_code == 200
+
+
+async def test_nul_characters_and_malformed_ids_get_4xx(harness):
+    assert (await harness.queue("hi\x00there")).status_code == 400
+    for task_id in ("abc%00def", "task_" + "x" * 40, "..%2F..%2Fetc"):
+        assert (await harness.client.get(f"/api/status/{task_id}")).status_code == 404
+    assert await (await harness.store()).list_for_owner("api", 5) == []
+
+
+async def test_signed_in_sessions_of_one_token_share_its_rate_limit(make_harness):
+    harness = await make_harness(access_tokens=TOKENS, queue_rate="3/minute")
+    codes = []
+    for _ in range(4):
+        client = await signed_in_browser(harness)
+        codes.append((await client.post("/api/queue", json={"prompt": "x"})).status_code)
+    assert codes == [202, 202, 202, 429]

@@ -67,10 +67,38 @@ async def test_racing_terminal_updates_leave_one_consistent_state(store):
 
 
 async def test_webhook_ids_are_claimed_once_and_can_be_released(store):
-    assert await store.claim_webhook("wh_1")
-    assert not await store.claim_webhook("wh_1")
+    assert await store.claim_webhook("wh_1") == "claimed"
+    assert await store.claim_webhook("wh_1") == "busy"
     await store.release_webhook("wh_1")
-    assert await store.claim_webhook("wh_1")
+    assert await store.claim_webhook("wh_1") == "claimed"
+    await store.finish_webhook("wh_1")
+    assert await store.claim_webhook("wh_1") == "done"
+    await store.release_webhook("wh_1")  # a finished id is never forgotten by a release
+    assert await store.claim_webhook("wh_1") == "done"
+
+
+async def test_concurrent_claims_of_one_webhook_id_grant_one(store):
+    claims = await asyncio.gather(*[store.claim_webhook("wh_race") for _ in range(10)])
+    assert claims.count("claimed") == 1 and claims.count("busy") == 9
+
+
+async def test_an_abandoned_webhook_claim_is_taken_over(store):
+    assert await store.claim_webhook("wh_stale") == "claimed"
+    await store._execute("UPDATE webhook_events SET received_at = received_at - 61 WHERE id = 'wh_stale'", {})
+    assert await store.claim_webhook("wh_stale") == "claimed"
+    assert await store.claim_webhook("wh_stale") == "busy"
+
+
+async def test_an_older_database_is_migrated_at_start_up(database_url):
+    store = await store_for(database_url).open()
+    await store._execute("DROP TABLE webhook_events", {})
+    await store._execute("CREATE TABLE webhook_events (id TEXT PRIMARY KEY, received_at DOUBLE PRECISION NOT NULL)", {})
+    await store._execute("INSERT INTO webhook_events (id, received_at) VALUES ('wh_old', 1e12)", {})
+    await store.close()
+    for _ in range(2):  # twice: migrating is idempotent
+        store = await store_for(database_url).open()
+        assert await store.claim_webhook("wh_old") == "done"
+        await store.close()
 
 
 async def test_claim_check_is_granted_once_per_interval(store):
@@ -112,10 +140,11 @@ async def test_sqlite_tasks_survive_a_restart(tmp_path):
 
 async def test_sqlite_uses_wal_and_normal_sync(tmp_path):
     store = await SqliteTaskStore(str(tmp_path / "pragmas.db")).open()
-    writer_pragma = lambda name: store._run(lambda: store._db.execute(f"PRAGMA {name}").fetchone()[0])
-    assert await writer_pragma("journal_mode") == "wal"
-    assert await writer_pragma("synchronous") == 1
-    assert await writer_pragma("busy_timeout") == 10000
+    thread_pragma = lambda name: store._run(lambda: store._db.execute(f"PRAGMA {name}").fetchone()[0])
+    assert await thread_pragma("journal_mode") == "wal"
+    assert await thread_pragma("busy_timeout") == 10000
+    for connection in (store._db, store._writer, store._reader):
+        assert connection.execute("PRAGMA synchronous").fetchone()[0] == 1
     await store.close()
 
 

@@ -161,3 +161,23 @@ async def test_openai_mode_without_a_secret_says_how_to_fix_it(make_harness):
     assert response.status_code == 503
     assert "OPENAI_WEBHOOK_SECRET is not set" in response.json()["error"]["message"]
     assert "sk-test" not in response.text
+
+
+async def test_a_copy_arriving_while_the_first_fails_is_not_acknowledged(harness, monkeypatch):
+    from openai_client import OpenAIError
+    task, response_id = await queued_task(harness)
+    await wait_for(lambda: harness.emulator.responses[response_id].status(time.time()) == "completed")
+    gateway = harness.app.state.gateway
+
+    async def slow_failure(*args, **kwargs):
+        await asyncio.sleep(0.3)
+        raise OpenAIError(503, "OpenAI is slow today", "openai_timeout")
+    monkeypatch.setattr(gateway, "retrieve", slow_failure)
+    body = json.dumps(event(response_id)).encode()
+    headers = signed_headers(harness.secret, body)
+    answers = await asyncio.gather(harness.deliver(body, headers), harness.deliver(body, headers))
+    assert [a.status_code for a in answers] == [503, 503], [a.text for a in answers]
+    monkeypatch.undo()
+    redelivered = await harness.deliver(body, headers)
+    assert redelivered.status_code == 200 and redelivered.json()["outcome"] == "updated"
+    assert (await (await harness.store()).get(task["id"]))["status"] == "completed"
