@@ -52,7 +52,7 @@ class Gate:
         session = request.session
         if self.on: return session.get("owner") if session.get("signed_in") in {self._signed_in_mark(t) for t in self.tokens} else None
         if "owner" in session: return session["owner"]
-        if "hx-request" not in request.headers and request.url.path.startswith("/api/"): return API_OWNER
+        if "hx-request" not in request.headers and request.scope["path"].startswith("/api/"): return API_OWNER
         if create: session["owner"] = new_owner()
         return session.get("owner", "")
 

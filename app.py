@@ -54,7 +54,7 @@ def create_app(settings: Settings | None = None, http_client=None) -> FastHTML:
         token = gate.bearer_token(request)
         if request.method == "POST" and token is None and is_cross_site(request):
             return error_response(request, 403, "Cross-site request refused: use the app's own page or the API with a token", "cross_site")
-        path = request.url.path
+        path = request.scope["path"]
         owner = gate.bearer_owner(token) if token is not None else gate.session_owner(request, create=path in OWNING_PATHS)
         if owner is not None or path in PUBLIC_PATHS: return owner
         if path.startswith("/api/") and not wants_html(request):
@@ -114,7 +114,7 @@ def create_app(settings: Settings | None = None, http_client=None) -> FastHTML:
         svc = await service()
         task = await svc.store.get(task_id)
         if task is None or (gate.on and task["owner"] != owner): return None
-        return await svc.read_quietly(task_id)
+        return await svc.refreshed_quietly(task)
 
     @rt("/", methods=["get"])
     async def index(auth):
@@ -163,7 +163,7 @@ def create_app(settings: Settings | None = None, http_client=None) -> FastHTML:
         if task is None: return not_found(request, task_id)
         return HTMLResponse(ui.card_html(task)) if wants_html(request) else JSONResponse(task_json(task))
 
-    app.router.routes.append(Route("/api/status/{task_id}", status, methods=["GET"]))
+    app.router.routes.insert(0, Route("/api/status/{task_id}", status, methods=["GET"]))  # the most requested route
 
     @rt("/api/cancel/{task_id}", methods=["post"])
     async def cancel(request: Request, task_id: str, auth):

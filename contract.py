@@ -88,7 +88,7 @@ async def http_error(request: Request, exc: HTTPException):
     message = {404: "Not found: see the README for the API's routes", 405: "Method not allowed on this path"}.get(
         exc.status_code, str(exc.detail))
     kind = "invalid_json" if "JSON" in message else "invalid_request"
-    if request.url.path.startswith("/api/") or wants_html(request):
+    if request.scope["path"].startswith("/api/") or wants_html(request):
         return error_response(request, exc.status_code, message, kind)
     return Response(message, status_code=exc.status_code, media_type="text/plain")
 
@@ -99,7 +99,7 @@ def body_too_large(scope, limit: int) -> Response:
 
 
 async def server_error(request: Request, exc: Exception):
-    log.exception("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+    log.exception("unexpected error on %s %s", request.method, request.scope["path"], exc_info=exc)
     return error_response(request, 500, "Something went wrong on our side; the log has the details. Try again.", "server_error")
 
 

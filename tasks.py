@@ -89,15 +89,14 @@ class TaskService:
         await self._record(task["id"], state)
         return await self.store.get(task["id"]), True
 
-    async def read(self, task_id: str) -> dict | None:
+    async def refreshed(self, task: dict) -> dict:
         "The task, first refreshed from OpenAI if it is running and was last checked over an interval ago."
-        task = await self.store.get(task_id)
-        if task and not task["response_id"] and not is_terminal(task) and task["created_at"] < time.time() - ORPHAN_SECONDS:
-            await self.store.advance(task_id, "failed", error=INTERRUPTED_MESSAGE)
-            return await self.store.get(task_id)
-        if task and self._check_due(task) and await self.store.claim_check(task_id, self.reconcile_seconds):
+        if not task["response_id"] and not is_terminal(task) and task["created_at"] < time.time() - ORPHAN_SECONDS:
+            await self.store.advance(task["id"], "failed", error=INTERRUPTED_MESSAGE)
+            return await self.store.get(task["id"])
+        if self._check_due(task) and await self.store.claim_check(task["id"], self.reconcile_seconds):
             await self.refresh(task)
-            task = await self.store.get(task_id)
+            return await self.store.get(task["id"])
         return task
 
     def _check_due(self, task: dict) -> bool:
@@ -117,16 +116,15 @@ class TaskService:
         await self._record(task["id"], state)
 
     async def read_many(self, tasks: list[dict]) -> list[dict]:
-        "Tasks as listed, each running one refreshed as `read_quietly` would."
-        async def fresh(task): return task if is_terminal(task) else await self.read_quietly(task["id"])
-        return list(await asyncio.gather(*map(fresh, tasks)))
+        "Tasks as listed, each refreshed as `refreshed_quietly` does."
+        return list(await asyncio.gather(*map(self.refreshed_quietly, tasks)))
 
-    async def read_quietly(self, task_id: str) -> dict | None:
-        "Like read, but a failed check with OpenAI leaves the stored task as it was (the next poll retries)."
-        try: return await self.read(task_id)
+    async def refreshed_quietly(self, task: dict) -> dict:
+        "Like `refreshed`, but a failed check with OpenAI leaves the task as it was (the next poll retries)."
+        try: return await self.refreshed(task)
         except OpenAIError as exc:
-            log.warning("reconcile of %s failed: %s", task_id, exc.message)
-            return await self.store.get(task_id)
+            log.warning("reconcile of %s failed: %s", task["id"], exc.message)
+            return await self.store.get(task["id"])
 
     async def handle_webhook(self, webhook_id: str, event_type: str, response_id: str | None) -> str:
         """Apply a verified event once; returns what was done. A copy that arrives while the first is being

@@ -124,12 +124,12 @@ async def in_process(n: int, out: list[str]):
     app = create_app(settings)
     svc = await app.state.service()
     prompt = run.PROMPT + " (bench 0)"
-    task, _ = await svc.store.create(new_task_row(id="task_profile000000", owner="browser_profile", prompt=prompt,
+    task, _ = await svc.store.create(new_task_row(id="task_profile000000000", owner="browser_profile", prompt=prompt,
                                                   model=settings.model))
     await svc.store.attach_response(task["id"], "resp_" + "a" * 48)
     await svc.store.advance(task["id"], "completed", demo_answer(prompt),
                             usage={"input_tokens": 32, "output_tokens": 64, "total_tokens": 96})
-    running, _ = await svc.store.create(new_task_row(id="task_profile000001", owner="browser_profile", prompt=prompt,
+    running, _ = await svc.store.create(new_task_row(id="task_profile000000001", owner="browser_profile", prompt=prompt,
                                                      model=settings.model))
     await svc.store.attach_response(running["id"], "resp_" + "b" * 48)
     await svc.store.advance(running["id"], "in_progress")
