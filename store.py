@@ -10,7 +10,10 @@ import re
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import cached_property
 from pathlib import Path
+
+from cache import BoundedCache
 
 TERMINAL = ("completed", "failed", "cancelled", "incomplete")
 STATUS_RANK = {"queued": 0, "in_progress": 1, **{status: 2 for status in TERMINAL}}
@@ -56,6 +59,10 @@ def new_task_row(**fields) -> dict:
     return row
 
 
+def row_size(row: dict) -> int:
+    return 512 + sum(len(row[k] or "") for k in ("prompt", "output_text", "error"))
+
+
 def _decode(row: dict | None) -> dict | None:
     if row is None: return None
     row = dict(row)
@@ -67,6 +74,10 @@ class SqlTaskStore:
     """The store's contract, in SQL both SQLite and PostgreSQL run; subclasses only execute."""
     kind = "sql"
     _pruned_at = 0.0
+
+    @cached_property
+    def _final_rows(self) -> BoundedCache:
+        return BoundedCache(max_bytes=32 * 1024 * 1024, size=row_size)
 
     async def _execute(self, sql: str, params: dict) -> int: raise NotImplementedError
     async def _fetch(self, sql: str, params: dict) -> list[dict]: raise NotImplementedError
@@ -90,7 +101,10 @@ class SqlTaskStore:
         return existing, False
 
     async def get(self, task_id: str) -> dict | None:
-        return await self._fetchone("SELECT * FROM tasks WHERE id = :id", {"id": task_id})
+        "The task; a final task never changes again, so it is kept in memory once read."
+        if task := self._final_rows.get(task_id): return task
+        task = await self._fetchone("SELECT * FROM tasks WHERE id = :id", {"id": task_id})
+        return self._final_rows.put(task_id, task) if task and task["status"] in TERMINAL else task
 
     async def get_by_response(self, response_id: str) -> dict | None:
         return await self._fetchone("SELECT * FROM tasks WHERE response_id = :rid", {"rid": response_id})

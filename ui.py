@@ -1,4 +1,5 @@
 """FT components: the page, the prompt form and the task card."""
+import html
 import json
 import secrets
 import time
@@ -7,6 +8,7 @@ from fasthtml.common import (A, Article, Button, Div, Footer, Form, Header, Hidd
                              Option, P, Script, Section, Select, Small, Span, Strong, Textarea, Title, Details,
                              Summary, H1, Html, Head, Body, NotStr, Input, to_xml)
 
+from cache import BoundedCache
 from render import markdown_html
 from store import TERMINAL
 
@@ -59,12 +61,12 @@ def cancel_button(task: dict):
                   cls="secondary outline cancel", hx_disabled_elt="this")
 
 
-def task_card(task: dict):
+def task_card(task: dict, timing_text: str | None = None):
     "A task; while it runs it polls its status every 2 s and replaces itself, until it is terminal."
     polling = {} if task["status"] in TERMINAL else {
         "hx_get": f"/api/status/{task['id']}", "hx_trigger": "every 2s", "hx_swap": "outerHTML"}
     return Article(
-        Header(status_badge(task["status"]), Small(f" {task['model']}{model_effort(task)} · {timing(task)}", cls="task-meta"),
+        Header(status_badge(task["status"]), Small(f" {task['model']}{model_effort(task)} · {timing_text or timing(task)}", cls="task-meta"),
                cancel_button(task)),
         Details(Summary(task["prompt"][:120] + ("…" if len(task["prompt"]) > 120 else "")),
                 Div(task["prompt"], cls="task-prompt")),
@@ -73,18 +75,15 @@ def task_card(task: dict):
         id=f"task-{task['id']}", cls="task", data_task_id=task["id"], **polling)
 
 
-FINAL_CARDS_KEPT = 1024
-_final_cards: dict[tuple, str] = {}
+TIMING_SLOT = "timing-" + secrets.token_hex(8)
+_cards = BoundedCache(max_bytes=32 * 1024 * 1024)
 
 
 def card_html(task: dict) -> str:
-    "The card as HTML; a final task never changes, so its card is rendered once."
-    if task["status"] not in TERMINAL: return to_xml(task_card(task))
-    key = (task["id"], task["updated_at"])
-    if key not in _final_cards:
-        if len(_final_cards) >= FINAL_CARDS_KEPT: _final_cards.pop(next(iter(_final_cards)))
-        _final_cards[key] = to_xml(task_card(task))
-    return _final_cards[key]
+    "The card as HTML. Each state of a task is rendered once; only its timing text, which moves while it runs, is filled in per request."
+    key = (task["id"], task["updated_at"], task["status"])
+    template = _cards.get(key) or _cards.put(key, to_xml(task_card(task, timing_text=TIMING_SLOT)))
+    return template.replace(TIMING_SLOT, html.escape(timing(task)), 1)
 
 
 def model_effort(task: dict) -> str:

@@ -671,7 +671,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--only", default="1,2,3,4", help="which scenarios, e.g. 1,3")
     parser.add_argument("--app-ref", default="", help="measure this git commit of the app (default: the working tree)")
     parser.add_argument("--app-target", default="app:app",
-                        help="the ASGI app to serve, MODULE:ATTR; a module in bench/ (an experiment) is copied beside the app")
+                        help="the ASGI app to serve, MODULE:ATTR; a module found only in bench/ (an experiment) is copied beside the app")
     parser.add_argument("--output", default=str(RESULTS))
     args = parser.parse_args(argv)
     quick = args.quick
@@ -712,14 +712,15 @@ def one_run_at_a_time(wait_seconds: float = 1800):
 def main(argv=None) -> int:
     args = parse_args(argv)
     if not shutil.which("wrk"): raise SystemExit("wrk is not installed (apt-get install wrk)")
-    args.lock = one_run_at_a_time()  # held until this process exits
+    try: args.lock = one_run_at_a_time()  # held until this process exits
+    except KeyboardInterrupt: return 130
     started = time.monotonic()
     args.load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
     command = display_command()
 
     def on_term(signum, frame): raise KeyboardInterrupt(f"signal {signum}")
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGHUP, on_term)
+    for stop_signal in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGINT too: a background job may inherit it ignored
+        signal.signal(stop_signal, on_term)
 
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         workdir = Path(tmp)
