@@ -293,11 +293,12 @@ def sqlite_path(url: str) -> str:
 
 
 def store_kind(url: str) -> str:
-    return "sqlite" if url.startswith("sqlite:") else "postgresql"
+    "sqlite or postgresql, as DATABASE_URL says; anything else stops the app with a message saying what to write."
+    if url.startswith("sqlite:"): return "sqlite"
+    if url.startswith(("postgresql:", "postgres:", "postgresql+psycopg:")): return "postgresql"
+    raise SystemExit(f"DATABASE_URL must start with sqlite:/// or postgresql:// (got {url.split(':', 1)[0]}:...)")
 
 
 def store_for(url: str) -> SqlTaskStore:
-    if url.startswith("sqlite:"): return SqliteTaskStore(sqlite_path(url))
-    if url.startswith(("postgresql:", "postgres:", "postgresql+psycopg:")):
-        return PostgresTaskStore(url.replace("postgresql+psycopg:", "postgresql:", 1))
-    raise SystemExit(f"DATABASE_URL must start with sqlite:/// or postgresql:// (got {url.split(':', 1)[0]}:...)")
+    if store_kind(url) == "sqlite": return SqliteTaskStore(sqlite_path(url))
+    return PostgresTaskStore(url.replace("postgresql+psycopg:", "postgresql:", 1))

@@ -142,3 +142,10 @@ async def test_browser_line_breaks_count_as_one_character(make_harness):
     harness = await make_harness(max_prompt_chars=3)
     response = await harness.client.post("/api/queue", files={"prompt": (None, "a\r\nb")})
     assert response.status_code == 202 and response.json()["prompt"] == "a\nb"
+
+
+def test_an_unknown_database_url_stops_the_app_at_start_up_with_a_message(settings):
+    from dataclasses import replace
+    from app import create_app
+    with pytest.raises(SystemExit, match="DATABASE_URL must start with sqlite:/// or postgresql://"):
+        create_app(replace(settings, database_url="mysql://root@127.0.0.1/test"))
