@@ -20,7 +20,7 @@ from contract import (BadRequest, body_too_large, decode_cursor, encode_cursor, 
                       json_error, not_found, parse_fields, queue_request, retry_header, server_error, store_down,
                       wants_html)
 from openai_client import OpenAIError, OpenAIGateway, WebhookNotConfigured, WebhookRejected
-from limiter import Limited, QueueLimits
+from limiter import Limited, QueueLimits, RateLimit
 from middleware import BodyLimit, SecurityHeaders
 from store import StoreUnavailable, store_for, store_kind
 from tasks import TASK_ID, IdempotencyConflict, QueueRefused, TaskService, WebhookBusy, task_json
@@ -29,6 +29,7 @@ log = logging.getLogger("app")
 STATIC_DIR = Path(__file__).parent / "static"
 RECENT_TASKS = 20
 STORE_RETRY_SECONDS = 5
+FAILED_SIGNINS_RATE = "10/minute"
 
 
 def session_key(settings: Settings) -> str | None:
@@ -78,6 +79,7 @@ def create_app(settings: Settings | None = None, http_client=None) -> FastHTML:
     gate = Gate(list(settings.access_tokens), app.secret_key)
     gateway = OpenAIGateway(settings, webhook_target=app, http_client=http_client)
     queue_limits = QueueLimits(settings.queue_rate, settings.rate_limit_storage_url, settings.max_running_per_owner)
+    failed_signins = RateLimit(FAILED_SIGNINS_RATE, settings.rate_limit_storage_url, "failed sign-ins")
     state = {"service": None, "failed_at": 0.0}
     ready = asyncio.Lock()
 
@@ -128,8 +130,11 @@ def create_app(settings: Settings | None = None, http_client=None) -> FastHTML:
         return ui.signin_page() if gate.on else RedirectResponse("/", 303)
 
     @rt("/signin", methods=["post"])
-    async def signin(session, token: str = ""):
+    async def signin(request: Request, session, token: str = ""):
         if not gate.on or gate.sign_in(session, token.strip()): return RedirectResponse("/", 303)
+        try: await failed_signins.hit(request.client.host if request.client else "unknown", "Too many wrong tokens")
+        except Limited as exc:
+            return HTMLResponse(to_xml(ui.signin_page(exc.message)), status_code=429, headers=retry_header(exc.retry_after))
         return HTMLResponse(to_xml(ui.signin_page("That token is not one of APP_ACCESS_TOKENS.")), status_code=401)
 
     @rt("/signout", methods=["post"])

@@ -1,4 +1,5 @@
-"""Abuse limits on queueing: a per-owner rate (QUEUE_RATE, with the `limits` library) and a cap on running tasks.
+"""Abuse limits: a per-owner rate on queueing (QUEUE_RATE, with the `limits` library), a cap on running
+tasks, and a per-address rate on failed sign-ins.
 
 The rate is counted in RATE_LIMIT_STORAGE_URL: `memory://` (the default) counts per process, so
 with several processes or on Vercel point it at Redis (`redis://host:6379`) to count them all.
@@ -22,11 +23,25 @@ def async_storage_url(url: str) -> str:
     return url if url.startswith("async+") else "async+" + url
 
 
+class RateLimit:
+    """A moving-window rate (`limits` notation such as 10/minute) counted per key in RATE_LIMIT_STORAGE_URL."""
+
+    def __init__(self, rate: str, storage_url: str, setting: str):
+        try: self.rate = limits.parse(rate)
+        except ValueError: raise SystemExit(f"{setting}={rate!r} is not a rate: write it like 10/minute or 100/hour")
+        self.limiter = MovingWindowRateLimiter(storage_from_string(async_storage_url(storage_url)))
+
+    async def hit(self, key: str, message: str):
+        "Count one use by `key`, or raise Limited with `message` and when to try again."
+        if not await self.limiter.hit(self.rate, key):
+            reset_at, _ = await self.limiter.get_window_stats(self.rate, key)
+            wait = max(1, math.ceil(reset_at - time.time()))
+            raise Limited(f"{message}: the limit is {self.rate}. Try again in {wait} s.", wait)
+
+
 class QueueLimits:
     def __init__(self, rate: str, storage_url: str, max_running: int):
-        try: self.rate = limits.parse(rate)
-        except ValueError: raise SystemExit(f"QUEUE_RATE={rate!r} is not a rate: write it like 10/minute or 100/hour")
-        self.limiter = MovingWindowRateLimiter(storage_from_string(async_storage_url(storage_url)))
+        self.rate_limit = RateLimit(rate, storage_url, "QUEUE_RATE")
         self.max_running = max_running
 
     async def admit(self, owner: str, running: int):
@@ -34,7 +49,4 @@ class QueueLimits:
         if running >= self.max_running:
             raise Limited(f"You already have {running} tasks running (the limit is {self.max_running}): "
                           "wait for one to finish or cancel one.")
-        if not await self.limiter.hit(self.rate, owner):
-            reset_at, _ = await self.limiter.get_window_stats(self.rate, owner)
-            wait = max(1, math.ceil(reset_at - time.time()))
-            raise Limited(f"Too many prompts queued: the limit is {self.rate}. Try again in {wait} s.", wait)
+        await self.rate_limit.hit(owner, "Too many prompts queued")

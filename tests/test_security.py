@@ -292,3 +292,11 @@ async def test_signed_in_sessions_of_one_token_share_its_rate_limit(make_harness
         client = await signed_in_browser(harness)
         codes.append((await client.post("/api/queue", json={"prompt": "x"})).status_code)
     assert codes == [202, 202, 202, 429]
+
+
+async def test_failed_sign_ins_are_throttled_per_address(gated):
+    client = browser(gated)
+    codes = [(await client.post("/signin", data={"token": f"guess-{i}"})).status_code for i in range(11)]
+    assert codes == [401] * 10 + [429]
+    throttled = await client.post("/signin", data={"token": "guess"})
+    assert "Too many wrong tokens" in throttled.text and int(throttled.headers["retry-after"]) > 0
