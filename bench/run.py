@@ -586,6 +586,13 @@ def report(out: dict, args, command: str, started: float) -> str:
     x = lambda value: fmt(value) + "x"
     if "status" in out:
         res, size = out["status"]["results"], out["status"]["bytes"]
+
+        def p99_row(label, measure, app_key, bare_key):
+            a, b = res[app_key], res[bare_key]
+            row(label, f"GET /api/status/{{id}} {measure}", fmt(med(r.p99_ms for r in a)), fmt(med(r.p99_ms for r in b)),
+                x(ratio_of(res, app_key, bare_key, "p99_ms")),
+                f"bare Starlette · p50 {fmt(med(r.p50_ms for r in a))} ms vs {fmt(med(r.p50_ms for r in b))} ms; "
+                f"server CPU {fmt(med(r.server_cpu_us for r in a), 0)} vs {fmt(med(r.server_cpu_us for r in b), 0)} us/request")
         for kind, label in (("json", "1a"), ("html", "1b")):
             a, b = res[f"app_{kind}"], res[f"bare_{kind}"]
             what = "JSON" if kind == "json" else "HTMX fragment (`HX-Request: true`)"
@@ -593,10 +600,7 @@ def report(out: dict, args, command: str, started: float) -> str:
                 x(ratio_of(res, f"app_{kind}", f"bare_{kind}", "rps")),
                 f"bare Starlette (bench/bare_app.py) answering the same {size[f'bare_{kind}']} B body "
                 f"(app {size[f'app_{kind}']} B)")
-            row(label, f"GET /api/status/{{id}} {what}, p99 latency (ms)", fmt(med(r.p99_ms for r in a)),
-                fmt(med(r.p99_ms for r in b)), x(ratio_of(res, f"app_{kind}", f"bare_{kind}", "p99_ms")),
-                f"bare Starlette · p50 {fmt(med(r.p50_ms for r in a))} ms vs {fmt(med(r.p50_ms for r in b))} ms; "
-                f"server CPU {fmt(med(r.server_cpu_us for r in a), 0)} vs {fmt(med(r.server_cpu_us for r in b), 0)} us/request")
+            p99_row(label, f"{what}, p99 latency (ms)", f"app_{kind}", f"bare_{kind}")
         st = out["status"]
         for kind, label in (("json", "1c"), ("html", "1d")):
             a, b = res[f"running_{kind}"], res[f"bare_{kind}"]
@@ -606,10 +610,7 @@ def report(out: dict, args, command: str, started: float) -> str:
                 f"bare Starlette, as in 1{'a' if kind == 'json' else 'b'} · the page's real poll: task "
                 f"{st['running_status']}, app body {size[f'running_{kind}']} B; the app called OpenAI's retrieve "
                 f"{st['running_retrieves']} times in all (RECONCILE_SECONDS=5)")
-            row(label, f"GET /api/status/{{id}} {what} of a running task, p99 latency (ms)", fmt(med(r.p99_ms for r in a)),
-                fmt(med(r.p99_ms for r in b)), x(ratio_of(res, f"running_{kind}", f"bare_{kind}", "p99_ms")),
-                f"bare Starlette · p50 {fmt(med(r.p50_ms for r in a))} ms vs {fmt(med(r.p50_ms for r in b))} ms; "
-                f"server CPU {fmt(med(r.server_cpu_us for r in a), 0)} vs {fmt(med(r.server_cpu_us for r in b), 0)} us/request")
+            p99_row(label, f"{what} of a running task, p99 latency (ms)", f"running_{kind}", f"bare_{kind}")
     if "webhooks" in out:
         w = out["webhooks"]
         a, b = w["app"], w["bare"]
