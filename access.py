@@ -6,18 +6,32 @@ Each browser session and each token is an owner: the tasks it queued are the one
 Without tokens the app is open: a browser session is still an owner, and API calls that carry no
 session cookie share one owner, "api" (so an Idempotency-Key works from curl).
 """
+import functools
 import hashlib
 import hmac
 import secrets
 
 from starlette.requests import Request
 
-PUBLIC_PATHS = ("/health", "/signin")
-OWNING_PATHS = ("/", "/api/queue")
 API_OWNER = "api"
 
 
+class AccessRefused(Exception):
+    "The caller is not let in: no valid bearer token, no signed-in session."
+
+
 def new_owner() -> str: return "browser_" + secrets.token_urlsafe(12)
+
+
+def with_owner(may_create: bool = False):
+    """Call the handler as `handler(request, owner)` with the caller's owner, or raise AccessRefused.
+    `may_create`: an open app's browser without a session gets one (and so an owner) here."""
+    def decorate(handler):
+        @functools.wraps(handler)
+        async def handle(request: Request):
+            return await handler(request, request.app.state.services.gate.owner(request, may_create))
+        return handle
+    return decorate
 
 
 class Gate:
@@ -46,6 +60,13 @@ class Gate:
         if not token or not self.valid(token): return None
         return "token_" + hashlib.sha256(token.encode()).hexdigest()[:32]
 
+    def owner(self, request: Request, may_create: bool) -> str:
+        "Whose tasks the caller may queue and see: its token's, or its session's; AccessRefused when neither."
+        token = self.bearer_token(request)
+        owner = self.bearer_owner(token) if token is not None else self.session_owner(request, create=may_create)
+        if owner is None: raise AccessRefused()
+        return owner
+
     def session_owner(self, request: Request, create: bool) -> str | None:
         """The session's owner; None when the gate refuses it. With the gate off a session gets an owner (and
         so a cookie) only where `create` says one is needed; an API call without a session is the API owner."""
@@ -67,10 +88,10 @@ class Gate:
         return True
 
 
-def is_cross_site(request: Request) -> bool:
+def is_cross_site(headers) -> bool:
     "A browser request that another site started: Sec-Fetch-Site says so, or Origin is not this host."
-    fetch_site = request.headers.get("sec-fetch-site")
+    fetch_site = headers.get("sec-fetch-site")
     if fetch_site is not None: return fetch_site not in ("same-origin", "none")
-    origin = request.headers.get("origin")
+    origin = headers.get("origin")
     if origin is None: return False
-    return origin.split("://", 1)[-1].rstrip("/") != request.headers.get("host", "")
+    return origin.split("://", 1)[-1].rstrip("/") != headers.get("host", "")

@@ -1,8 +1,17 @@
-"""Settings read once from the environment (env.example documents each)."""
+"""Settings: every environment variable the app reads, written once in VARIABLES, read and checked once at start.
+
+A wrong value stops the app (SystemExit) with a message that says how to fix it. `python config.py`
+prints env.example from the same table.
+"""
 import base64
 import os
 import secrets
 from dataclasses import dataclass, field
+
+import limits
+
+SQLITE_PREFIX, POSTGRES_PREFIXES = "sqlite:", ("postgresql:", "postgres:", "postgresql+psycopg:")
+SECRET_HINT = "make one with: python -c 'import secrets; print(secrets.token_hex(32))'"
 
 
 def new_webhook_secret() -> str:
@@ -10,44 +19,139 @@ def new_webhook_secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
-def _int(name: str, default: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    if not raw: return default
-    try: return int(raw)
-    except ValueError: raise SystemExit(f"{name}={raw!r} is not a whole number: fix it in your environment or .env")
+class Invalid(ValueError):
+    "A value a parser refuses; the message says what was expected."
 
 
-def _float(name: str, default: float) -> float:
-    raw = os.environ.get(name, "").strip()
-    if not raw: return default
-    try: return float(raw)
-    except ValueError: raise SystemExit(f"{name}={raw!r} is not a number: fix it in your environment or .env")
+def text(raw: str) -> str: return raw
 
 
-def _list(name: str) -> list[str]:
-    return [item.strip() for item in os.environ.get(name, "").split(",") if item.strip()]
+def whole_number(raw: str) -> int:
+    try: value = int(raw)
+    except ValueError: raise Invalid("is not a whole number") from None
+    if value < 0: raise Invalid("must not be negative")
+    return value
+
+
+def seconds(raw: str) -> float:
+    try: value = float(raw)
+    except ValueError: raise Invalid("is not a number of seconds") from None
+    if not value >= 0: raise Invalid("must be 0 or more")
+    return value
+
+
+def switch(raw: str) -> bool:
+    value = raw.lower()
+    if value not in ("on", "off", "1", "0", "true", "false", "yes", "no"): raise Invalid("must be on or off")
+    return value in ("on", "1", "true", "yes")
+
+
+def names(raw: str) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(item.strip() for item in raw.split(",") if item.strip()))
+
+
+def rate(raw: str) -> str:
+    try: limits.parse(raw)
+    except ValueError: raise Invalid("is not a rate: write it like 10/minute or 100/hour") from None
+    return raw
+
+
+def database_url(raw: str) -> str:
+    if raw.startswith(POSTGRES_PREFIXES): return raw
+    if not raw.startswith(SQLITE_PREFIX):
+        raise Invalid("must start with sqlite:/// or postgresql://")
+    if not raw.partition(":///")[2]:
+        raise Invalid("write sqlite:///data/tasks.db (a relative path) or sqlite:////abs/path.db")
+    return raw
+
+
+@dataclass(frozen=True)
+class Variable:
+    name: str
+    attribute: str
+    default: str
+    parse: object
+    help: str
+
+
+VARIABLES = (
+    Variable("OPENAI_API_KEY", "openai_api_key", "", text,
+             "Your OpenAI API key. Unset = demo mode: a local emulator answers, nothing leaves the machine."),
+    Variable("OPENAI_WEBHOOK_SECRET", "webhook_secret", "", text,
+             "The signing secret of your webhook endpoint (whsec_...), from the webhook's page in the OpenAI dashboard; "
+             "in demo mode one is made at start-up when unset."),
+    Variable("OPENAI_BASE_URL", "base_url", "", text,
+             "Another OpenAI-compatible endpoint (a proxy, or `python emulator.py` at http://127.0.0.1:8001/v1). Unset = OpenAI."),
+    Variable("OPENAI_MODEL", "model", "gpt-5-mini", text, "The model prompts run on by default."),
+    Variable("OPENAI_MODELS", "models", "", names,
+             "More models the form offers and the API accepts, comma-separated (OPENAI_MODEL is always allowed)."),
+    Variable("DATABASE_URL", "database_url", "sqlite:///data/tasks.db", database_url,
+             "Where tasks are kept: sqlite:///relative/path.db, sqlite:////absolute/path.db, or "
+             "postgresql://user:password@host:5432/dbname (required on Vercel and with several servers)."),
+    Variable("SESSION_SECRET", "session_secret", "", text,
+             f"The key that signs session cookies. Unset locally = one is kept in data/.sesskey. Required on Vercel ({SECRET_HINT})."),
+    Variable("APP_ACCESS_TOKENS", "access_tokens", "", names,
+             "Access tokens, comma-separated. Set = the page asks for one and the API needs `Authorization: Bearer <token>`."),
+    Variable("QUEUE_RATE", "queue_rate", "10/minute", rate,
+             "How many prompts one owner may queue, e.g. 10/minute, 100/hour (the `limits` library's notation)."),
+    Variable("RATE_LIMIT_STORAGE_URL", "rate_limit_storage_url", "memory://", text,
+             "Where rate limits count: memory:// (per process) or redis://host:6379 (shared by every process and Vercel instance)."),
+    Variable("MAX_RUNNING_PER_OWNER", "max_running_per_owner", "5", whole_number,
+             "How many tasks one owner may have running at once."),
+    Variable("HOST", "host", "127.0.0.1", text, "The address `python app.py` listens on (0.0.0.0 to accept other machines)."),
+    Variable("PORT", "port", "8000", whole_number, "The port `python app.py` serves on."),
+    Variable("MAX_PROMPT_CHARS", "max_prompt_chars", "100000", whole_number,
+             "The longest prompt accepted, in characters (a longer one gets 413)."),
+    Variable("RECONCILE_SECONDS", "reconcile_seconds", "5", seconds,
+             "Seconds between two checks of a running task with OpenAI when its webhook has not come (reading the task triggers them)."),
+    Variable("DEMO_DELAY_SECONDS", "demo_delay_seconds", "3", seconds, "Demo mode: how many seconds a made-up answer takes."),
+    Variable("DEMO_WEBHOOKS", "demo_webhooks", "on", switch,
+             "Demo mode: whether the emulator sends webhooks (off = tasks finish through reconcile only)."),
+    Variable("EMULATOR_PORT", "emulator_port", "8001", whole_number, "`python emulator.py` (the emulator on its own): its port."),
+    Variable("EMULATOR_WEBHOOK_URL", "emulator_webhook_url", "http://127.0.0.1:8000/api/webhook", text,
+             "`python emulator.py`: where it delivers webhooks."),
+    Variable("VERCEL", "on_vercel", "", lambda raw: bool(raw),
+             "Set by Vercel itself: the app then requires SESSION_SECRET and warns when it runs open in OpenAI mode."),
+)
+BY_ATTRIBUTE = {variable.attribute: variable for variable in VARIABLES}
+
+
+def _default(attribute: str):
+    variable = BY_ATTRIBUTE[attribute]
+    return variable.parse(variable.default)
 
 
 @dataclass(frozen=True)
 class Settings:
-    openai_api_key: str = ""
-    webhook_secret: str = ""
-    base_url: str | None = None
-    model: str = "gpt-5-mini"
-    models: tuple[str, ...] = ()
-    database_url: str = "sqlite:///data/tasks.db"
-    session_secret: str = ""
-    port: int = 8000
-    max_prompt_chars: int = 100_000
-    demo_delay_seconds: float = 3.0
-    demo_webhooks: bool = True
-    reconcile_seconds: float = 5.0
-    access_tokens: tuple[str, ...] = ()
-    queue_rate: str = "10/minute"
-    rate_limit_storage_url: str = "memory://"
-    max_running_per_owner: int = 5
-    on_vercel: bool = False
+    openai_api_key: str = _default("openai_api_key")
+    webhook_secret: str = _default("webhook_secret")
+    base_url: str = _default("base_url")
+    model: str = _default("model")
+    models: tuple[str, ...] = _default("models")
+    database_url: str = _default("database_url")
+    session_secret: str = _default("session_secret")
+    access_tokens: tuple[str, ...] = _default("access_tokens")
+    queue_rate: str = _default("queue_rate")
+    rate_limit_storage_url: str = _default("rate_limit_storage_url")
+    max_running_per_owner: int = _default("max_running_per_owner")
+    host: str = _default("host")
+    port: int = _default("port")
+    max_prompt_chars: int = _default("max_prompt_chars")
+    reconcile_seconds: float = _default("reconcile_seconds")
+    demo_delay_seconds: float = _default("demo_delay_seconds")
+    demo_webhooks: bool = _default("demo_webhooks")
+    emulator_port: int = _default("emulator_port")
+    emulator_webhook_url: str = _default("emulator_webhook_url")
+    on_vercel: bool = _default("on_vercel")
     generated_secret: str = field(default_factory=new_webhook_secret)
+
+    def __post_init__(self):
+        "Checks that span several variables, so that settings made in code (tests) are held to them too."
+        for attribute in ("database_url", "queue_rate"):
+            _checked(BY_ATTRIBUTE[attribute], str(getattr(self, attribute)))
+        if self.on_vercel and not self.session_secret:
+            raise SystemExit(f"SESSION_SECRET is not set: on Vercel sessions need a fixed key. Set it in the project's "
+                             f"Environment Variables ({SECRET_HINT})")
 
     @property
     def demo(self) -> bool: return not self.openai_api_key
@@ -61,7 +165,10 @@ class Settings:
         return self.webhook_secret or (self.generated_secret if self.demo else "")
 
     @property
-    def allowed_models(self) -> tuple[str, ...]: return self.models or (self.model,)
+    def allowed_models(self) -> tuple[str, ...]: return tuple(dict.fromkeys((self.model, *self.models)))
+
+    @property
+    def store_kind(self) -> str: return "sqlite" if self.database_url.startswith(SQLITE_PREFIX) else "postgresql"
 
     @property
     def max_body_bytes(self) -> int:
@@ -69,33 +176,40 @@ class Settings:
         return self.max_prompt_chars * 4 + 64 * 1024
 
 
-def load_dotenv(path: str = ".env"):
-    "Read KEY=VALUE lines from .env into the environment; variables already set win."
-    if not os.path.exists(path): return
+def _checked(variable: Variable, raw: str):
+    try: return variable.parse(raw)
+    except Invalid as exc:
+        got = f"it starts {raw.split(':', 1)[0]!r}" if variable.attribute == "database_url" else f"got {raw[:80]!r}"
+        raise SystemExit(f"{variable.name} {exc} ({got}): fix it in your environment or .env. {variable.help}") from None
+
+
+def read_dotenv(path: str = ".env") -> dict[str, str]:
+    "KEY=VALUE lines of a .env file."
+    if not os.path.exists(path): return {}
+    values = {}
     for line in open(path, encoding="utf-8"):
         key, sep, value = line.strip().partition("=")
-        if sep and key and not key.startswith("#"): os.environ.setdefault(key.strip(), value.strip().strip("'\""))
+        if sep and key and not key.startswith("#"): values[key.strip()] = value.strip().strip("'\"")
+    return values
 
 
-def load_settings() -> Settings:
-    load_dotenv()
-    model = os.environ.get("OPENAI_MODEL", "").strip() or "gpt-5-mini"
-    return Settings(
-        openai_api_key=os.environ.get("OPENAI_API_KEY", "").strip(),
-        webhook_secret=os.environ.get("OPENAI_WEBHOOK_SECRET", "").strip(),
-        base_url=os.environ.get("OPENAI_BASE_URL", "").strip() or None,
-        model=model,
-        models=tuple(dict.fromkeys([model, *_list("OPENAI_MODELS")])),
-        database_url=os.environ.get("DATABASE_URL", "").strip() or "sqlite:///data/tasks.db",
-        session_secret=os.environ.get("SESSION_SECRET", "").strip(),
-        port=_int("PORT", 8000),
-        max_prompt_chars=_int("MAX_PROMPT_CHARS", 100_000),
-        demo_delay_seconds=_float("DEMO_DELAY_SECONDS", 3.0),
-        demo_webhooks=os.environ.get("DEMO_WEBHOOKS", "on").strip().lower() not in ("off", "0", "false", "no"),
-        reconcile_seconds=_float("RECONCILE_SECONDS", 5.0),
-        access_tokens=tuple(_list("APP_ACCESS_TOKENS")),
-        queue_rate=os.environ.get("QUEUE_RATE", "").strip() or "10/minute",
-        rate_limit_storage_url=os.environ.get("RATE_LIMIT_STORAGE_URL", "").strip() or "memory://",
-        max_running_per_owner=_int("MAX_RUNNING_PER_OWNER", 5),
-        on_vercel=bool(os.environ.get("VERCEL")),
-    )
+def load_settings(environ=None, dotenv: str = ".env") -> Settings:
+    "Settings from the environment, then .env for what the environment leaves unset."
+    environ = {**read_dotenv(dotenv), **(os.environ if environ is None else environ)}
+    values = {}
+    for variable in VARIABLES:
+        raw = str(environ.get(variable.name, "")).strip()
+        values[variable.attribute] = _checked(variable, raw) if raw else variable.parse(variable.default)
+    return Settings(**values)
+
+
+def env_example() -> str:
+    "env.example: each variable with its one-line help and its default."
+    lines = ["# Copy to .env (or export these) to configure the app. Every variable is optional for a local demo.", ""]
+    for variable in VARIABLES:
+        lines += [f"# {variable.help}", f"{'# ' if variable.name == 'VERCEL' else ''}{variable.name}={variable.default}"]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(env_example(), end="")

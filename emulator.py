@@ -13,7 +13,6 @@ import hashlib
 import hmac
 import json
 import logging
-import os
 import secrets
 import time
 from collections import Counter
@@ -230,10 +229,10 @@ class Emulator:
 
 if __name__ == "__main__":
     import uvicorn
-    from config import new_webhook_secret
-    secret = os.environ.get("OPENAI_WEBHOOK_SECRET") or new_webhook_secret()
-    emulator = Emulator(os.environ.get("EMULATOR_WEBHOOK_URL", "http://127.0.0.1:8000/api/webhook"), secret,
-                        float(os.environ.get("DEMO_DELAY_SECONDS", "3")),
-                        os.environ.get("DEMO_WEBHOOKS", "on").lower() not in ("off", "0", "false", "no"))
+
+    from config import load_settings
+    settings = load_settings()
+    emulator = Emulator(settings.emulator_webhook_url, settings.webhook_secret or settings.generated_secret,
+                        settings.demo_delay_seconds, settings.demo_webhooks)
     logging.basicConfig(level=logging.INFO)
-    uvicorn.run(emulator.app, host="127.0.0.1", port=int(os.environ.get("EMULATOR_PORT", "8001")), log_level="warning")
+    uvicorn.run(emulator.app, host="127.0.0.1", port=settings.emulator_port, log_level="warning")

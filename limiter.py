@@ -26,9 +26,8 @@ def async_storage_url(url: str) -> str:
 class RateLimit:
     """A moving-window rate (`limits` notation such as 10/minute) counted per key in RATE_LIMIT_STORAGE_URL."""
 
-    def __init__(self, rate: str, storage_url: str, setting: str):
-        try: self.rate = limits.parse(rate)
-        except ValueError: raise SystemExit(f"{setting}={rate!r} is not a rate: write it like 10/minute or 100/hour")
+    def __init__(self, rate: str, storage_url: str):
+        self.rate = limits.parse(rate)
         self.limiter = MovingWindowRateLimiter(storage_from_string(async_storage_url(storage_url)))
 
     async def hit(self, key: str, message: str):
@@ -41,7 +40,7 @@ class RateLimit:
 
 class QueueLimits:
     def __init__(self, rate: str, storage_url: str, max_running: int):
-        self.rate_limit = RateLimit(rate, storage_url, "QUEUE_RATE")
+        self.rate_limit = RateLimit(rate, storage_url)
         self.max_running = max_running
 
     async def admit(self, owner: str, running: int):

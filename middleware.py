@@ -1,4 +1,7 @@
-"""ASGI middleware that runs before FastHTML reads a request."""
+"""ASGI middleware that runs before any handler reads a request."""
+from starlette.datastructures import Headers
+
+from access import is_cross_site
 
 
 class BodyTooLarge(Exception):
@@ -64,3 +67,18 @@ class SecurityHeaders:
                 message = {**message, "headers": headers + SECURITY_HEADERS}
             await send(message)
         await self.app(scope, receive, send_with_headers)
+
+
+class CrossSiteWrites:
+    """Refuse a POST that another site's page started, before anything reads it; `refuse(scope)` builds the answer.
+    OpenAI's webhook is exempt, and so are calls with a bearer token (another site's page cannot send one)."""
+
+    def __init__(self, app, refuse, exempt_paths=("/api/webhook",)):
+        self.app, self.refuse, self.exempt_paths = app, refuse, exempt_paths
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] not in self.exempt_paths:
+            headers = Headers(scope=scope)
+            if not headers.get("authorization", "").lower().startswith("bearer ") and is_cross_site(headers):
+                return await self.refuse(scope)(scope, receive, send)
+        await self.app(scope, receive, send)

@@ -14,11 +14,7 @@ import httpx2
 import openai
 from openai import AsyncOpenAI
 
-from config import Settings
-from emulator import Emulator
-
 log = logging.getLogger("openai_client")
-DEMO_BASE_URL = "http://emulator.demo/v1"
 
 
 class OpenAIError(Exception):
@@ -79,26 +75,18 @@ def state_of(response: dict) -> ResponseState:
 
 
 class OpenAIGateway:
-    """`AsyncOpenAI` aimed at OpenAI, or in demo mode at the in-process emulator."""
+    """`AsyncOpenAI` with the app's key, base URL and webhook secret (in demo mode, those of the emulator)."""
     create_timeout, read_timeout, webhook_read_timeout = 20.0, 10.0, 5.0  # create ends well within Vercel's 30 s
 
-    def __init__(self, settings: Settings, webhook_target=None, http_client: httpx2.AsyncClient | None = None):
-        "`http_client` replaces the network in OpenAI mode (tests aim it at an emulator)."
-        self.settings = settings
-        self.webhook_secret = settings.effective_webhook_secret
-        self.emulator = None
-        if settings.demo:
-            self.emulator = Emulator(webhook_target, self.webhook_secret, settings.demo_delay_seconds, settings.demo_webhooks)
-            http_client = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=self.emulator.app))
-            self.client = AsyncOpenAI(api_key="demo-mode", base_url=DEMO_BASE_URL, http_client=http_client,
-                                      webhook_secret=self.webhook_secret, max_retries=0)
-        else:
-            self.client = AsyncOpenAI(api_key=settings.openai_api_key, base_url=settings.base_url, http_client=http_client,
-                                      webhook_secret=self.webhook_secret or None, max_retries=0)
+    def __init__(self, api_key: str, base_url: str | None, webhook_secret: str, http_client: httpx2.AsyncClient | None = None):
+        "`http_client` replaces the network (the emulator in demo mode and in tests)."
+        self.api_key, self.webhook_secret = api_key, webhook_secret
+        self.client = AsyncOpenAI(api_key=api_key, base_url=base_url or None, http_client=http_client,
+                                  webhook_secret=webhook_secret or None, max_retries=0)
 
     def _fail(self, exc: Exception, doing: str) -> OpenAIError:
         "Turn an SDK exception into an OpenAIError whose message holds no secret."
-        scrub = lambda text: _scrub(text, (self.settings.openai_api_key, self.webhook_secret))
+        scrub = lambda text: _scrub(text, (self.api_key, self.webhook_secret))
         if isinstance(exc, openai.APITimeoutError):
             return OpenAIError(503, f"OpenAI did not answer in time while {doing} (it may have started anyway: "
                                     "check the OpenAI dashboard before trying again)", "openai_timeout")

@@ -36,6 +36,7 @@ SCHEMA = [
 ]
 ADDED_COLUMNS = [("tasks", "started_at", "DOUBLE PRECISION"), ("webhook_events", "done", "INTEGER NOT NULL DEFAULT 1")]
 WEBHOOK_CLAIM_STALE_SECONDS = 60
+OPEN_RETRY_SECONDS = 5
 RANK_SQL = "CASE status WHEN 'queued' THEN 0 WHEN 'in_progress' THEN 1 ELSE 2 END"
 INSERT_TASK = (f"INSERT INTO tasks ({', '.join(TASK_COLUMNS)}) VALUES ({', '.join(':' + c for c in TASK_COLUMNS)}) "
                "ON CONFLICT DO NOTHING")
@@ -71,18 +72,52 @@ def _decode(row: dict | None) -> dict | None:
 
 
 class SqlTaskStore:
-    """The store's contract, in SQL both SQLite and PostgreSQL run; subclasses only execute."""
+    """The store's contract, in SQL both SQLite and PostgreSQL run; subclasses only connect and execute.
+
+    It opens on first use (so it works under any server, and on Vercel, where no start-up hook may run);
+    after a failure to open, statements fail fast for a few seconds instead of queueing behind retries."""
     kind = "sql"
     _pruned_at = 0.0
+    _opened = False
+    _failed_at = -OPEN_RETRY_SECONDS
+
+    @cached_property
+    def _open_lock(self) -> asyncio.Lock: return asyncio.Lock()
+
+    async def _connect(self): raise NotImplementedError
+
+    async def open(self):
+        "Connect, create the schema, add missing columns; StoreUnavailable when it cannot."
+        async with self._open_lock:
+            if self._opened: return self
+            if time.monotonic() - self._failed_at < OPEN_RETRY_SECONDS:
+                raise StoreUnavailable("the database was unreachable moments ago")
+            try:
+                await self._connect()
+                await self.migrate()
+            except StoreUnavailable:
+                self._failed_at = time.monotonic()
+                await self.close()
+                raise
+            self._opened = True
+        return self
 
     @cached_property
     def _final_rows(self) -> BoundedCache:
         return BoundedCache(max_bytes=32 * 1024 * 1024, size=row_size)
 
-    async def _execute(self, sql: str, params: dict) -> int: raise NotImplementedError
-    async def _fetch(self, sql: str, params: dict) -> list[dict]: raise NotImplementedError
-    async def open(self): raise NotImplementedError
+    async def _execute_sql(self, sql: str, params: dict) -> int: raise NotImplementedError
+    async def _fetch_sql(self, sql: str, params: dict) -> list[dict]: raise NotImplementedError
     async def close(self): pass
+
+    async def _execute(self, sql: str, params: dict) -> int:
+        "Run a change; the number of rows it changed."
+        if not self._opened: await self.open()
+        return await self._execute_sql(sql, params)
+
+    async def _fetch(self, sql: str, params: dict) -> list[dict]:
+        if not self._opened: await self.open()
+        return await self._fetch_sql(sql, params)
 
     async def _fetchone(self, sql: str, params: dict) -> dict | None:
         rows = await self._fetch(sql, params)
@@ -132,10 +167,10 @@ class SqlTaskStore:
     async def migrate(self):
         "Add the columns that a database made by an older version lacks (idempotent, safe to race)."
         for table, column, declaration in ADDED_COLUMNS:
-            try: await self._fetch(f"SELECT {column} FROM {table} LIMIT 0", {})
+            try: await self._fetch_sql(f"SELECT {column} FROM {table} LIMIT 0", {})
             except StoreUnavailable:
-                try: await self._execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}", {})
-                except StoreUnavailable: await self._fetch(f"SELECT {column} FROM {table} LIMIT 0", {})
+                try: await self._execute_sql(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}", {})
+                except StoreUnavailable: await self._fetch_sql(f"SELECT {column} FROM {table} LIMIT 0", {})
 
     async def claim_webhook(self, webhook_id: str) -> str:
         """Claim a webhook id for handling: "claimed" (handle it), "done" (handled before) or "busy" (being
@@ -196,7 +231,7 @@ class SqliteTaskStore(SqlTaskStore):
         db.execute("PRAGMA synchronous=NORMAL")
         return db
 
-    def _connect(self):
+    def _create(self):
         if self.path != ":memory:": Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         db = self._connection(10_000)
         db.execute("PRAGMA journal_mode=WAL")
@@ -207,30 +242,29 @@ class SqliteTaskStore(SqlTaskStore):
         try: return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
         except (sqlite3.Error, OSError) as exc: raise StoreUnavailable(f"SQLite at {self.path}: {exc}") from exc
 
-    async def open(self):
-        await self._run(self._connect)
+    async def _connect(self):
+        await self._run(self._create)
         try:
             self._reader = self._connection(1_000)
             self._reader.execute("PRAGMA query_only=ON")
             self._writer = self._connection(0)
         except sqlite3.Error as exc: raise StoreUnavailable(f"SQLite at {self.path}: {exc}") from exc
-        await self.migrate()
-        return self
 
     async def close(self):
         for connection in (self._reader, self._writer):
             if connection is not None: connection.close()
         if self._db is not None: await self._run(self._db.close)
         self._db = self._reader = self._writer = None
+        self._opened = False
 
-    async def _execute(self, sql: str, params: dict) -> int:
+    async def _execute_sql(self, sql: str, params: dict) -> int:
         try: return self._writer.execute(sql, params).rowcount
         except sqlite3.OperationalError as exc:
             if "locked" not in str(exc) and "busy" not in str(exc): raise StoreUnavailable(f"SQLite at {self.path}: {exc}") from exc
         except sqlite3.Error as exc: raise StoreUnavailable(f"SQLite at {self.path}: {exc}") from exc
         return await self._run(lambda: self._db.execute(sql, params).rowcount)
 
-    async def _fetch(self, sql: str, params: dict) -> list[dict]:
+    async def _fetch_sql(self, sql: str, params: dict) -> list[dict]:
         try: return [dict(row) for row in self._reader.execute(sql, params).fetchall()]
         except sqlite3.Error as exc: raise StoreUnavailable(f"SQLite at {self.path}: {exc}") from exc
 
@@ -242,9 +276,9 @@ class PostgresTaskStore(SqlTaskStore):
     def __init__(self, url: str, max_size: int = 10):
         self.url, self.max_size, self._pool = url, max_size, None
 
-    async def open(self):
-        from psycopg_pool import AsyncConnectionPool
+    async def _connect(self):
         from psycopg.rows import dict_row
+        from psycopg_pool import AsyncConnectionPool
         self._pool = AsyncConnectionPool(self.url, min_size=1, max_size=self.max_size, open=False,
                                          kwargs={"autocommit": True, "row_factory": dict_row})
         try:
@@ -257,11 +291,10 @@ class PostgresTaskStore(SqlTaskStore):
         except Exception as exc:
             await self._pool.close()
             raise StoreUnavailable(f"PostgreSQL: {type(exc).__name__}: {_without_password(str(exc))}") from exc
-        await self.migrate()
-        return self
 
     async def close(self):
         if self._pool is not None: await self._pool.close()
+        self._opened = False
 
     async def _run(self, sql: str, params: dict, fetch: bool):
         import psycopg
@@ -272,8 +305,8 @@ class PostgresTaskStore(SqlTaskStore):
         except (psycopg.Error, TimeoutError) as exc:
             raise StoreUnavailable(f"PostgreSQL: {type(exc).__name__}: {_without_password(str(exc))}") from exc
 
-    async def _execute(self, sql: str, params: dict) -> int: return await self._run(sql, params, fetch=False)
-    async def _fetch(self, sql: str, params: dict) -> list[dict]: return await self._run(sql, params, fetch=True)
+    async def _execute_sql(self, sql: str, params: dict) -> int: return await self._run(sql, params, fetch=False)
+    async def _fetch_sql(self, sql: str, params: dict) -> list[dict]: return await self._run(sql, params, fetch=True)
 
 
 def _pyformat(sql: str) -> str:
@@ -287,18 +320,10 @@ def _without_password(text: str) -> str:
 
 def sqlite_path(url: str) -> str:
     "The file of a SQLAlchemy-style sqlite URL: sqlite:///relative.db, sqlite:////absolute.db."
-    path = url.split(":///", 1)[1] if ":///" in url else ""
-    if not path: raise SystemExit(f"DATABASE_URL={url!r}: write sqlite:///data/tasks.db (relative) or sqlite:////abs/path.db")
-    return path
+    return url.split(":///", 1)[1]
 
 
-def store_kind(url: str) -> str:
-    "sqlite or postgresql, as DATABASE_URL says; anything else stops the app with a message saying what to write."
-    if url.startswith("sqlite:"): return "sqlite"
-    if url.startswith(("postgresql:", "postgres:", "postgresql+psycopg:")): return "postgresql"
-    raise SystemExit(f"DATABASE_URL must start with sqlite:/// or postgresql:// (got {url.split(':', 1)[0]}:...)")
-
-
-def store_for(url: str) -> SqlTaskStore:
-    if store_kind(url) == "sqlite": return SqliteTaskStore(sqlite_path(url))
+def store_for(url: str) -> "SqlTaskStore":
+    "The store DATABASE_URL names (config checked its form)."
+    if url.startswith("sqlite:"): return SqliteTaskStore(sqlite_path(url))
     return PostgresTaskStore(url.replace("postgresql+psycopg:", "postgresql:", 1))

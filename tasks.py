@@ -4,7 +4,6 @@ import logging
 import re
 import secrets
 import time
-from datetime import datetime, timezone
 
 from openai_client import OpenAIError, OpenAIGateway, ResponseState
 from store import TERMINAL, SqlTaskStore, new_task_row
@@ -37,27 +36,17 @@ class QueueRefused(Exception):
 def new_task_id() -> str: return "task_" + secrets.token_urlsafe(12)
 
 
-def iso(timestamp: float | None) -> str | None:
-    if timestamp is None: return None
-    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def task_json(task: dict) -> dict:
-    "A task as the HTTP contract shows it."
-    return {"id": task["id"], "status": task["status"], "prompt": task["prompt"], "model": task["model"],
-            "reasoning_effort": task["reasoning_effort"], "output_text": task["output_text"], "error": task["error"],
-            "usage": task["usage"], "response_id": task["response_id"], "created_at": iso(task["created_at"]),
-            "updated_at": iso(task["updated_at"]), "started_at": iso(task["started_at"]),
-            "completed_at": iso(task["completed_at"]),
-            "status_url": f"/api/status/{task['id']}"}
-
-
 def is_terminal(task: dict) -> bool: return task["status"] in TERMINAL
 
 
 class TaskService:
-    def __init__(self, store: SqlTaskStore, gateway: OpenAIGateway, reconcile_seconds: float):
-        self.store, self.gateway, self.reconcile_seconds = store, gateway, reconcile_seconds
+    """The task life cycle over a store and an OpenAI gateway.
+
+    `gone_on_404`: whether a 404 from OpenAI means the response is gone (it does for OpenAI; in demo mode
+    another process's emulator may be the one that knows it, and its webhook will come)."""
+
+    def __init__(self, store: SqlTaskStore, gateway: OpenAIGateway, reconcile_seconds: float, gone_on_404: bool = True):
+        self.store, self.gateway, self.reconcile_seconds, self.gone_on_404 = store, gateway, reconcile_seconds, gone_on_404
 
     async def _record(self, task_id: str, state: ResponseState):
         await self.store.advance(task_id, state.status, state.output_text, state.error, state.usage)
@@ -89,6 +78,13 @@ class TaskService:
         await self._record(task["id"], state)
         return await self.store.get(task["id"]), True
 
+    async def read(self, task_id: str, owner: str | None = None) -> dict | None:
+        "The task, refreshed if due; None if it is unknown or, with `owner` given, not that owner's."
+        if not TASK_ID.fullmatch(task_id): return None
+        task = await self.store.get(task_id)
+        if task is None or (owner is not None and task["owner"] != owner): return None
+        return await self.refreshed_quietly(task)
+
     async def refreshed(self, task: dict) -> dict:
         "The task, first refreshed from OpenAI if it is running and was last checked over an interval ago."
         if not task["response_id"] and not is_terminal(task) and task["created_at"] < time.time() - ORPHAN_SECONDS:
@@ -105,13 +101,12 @@ class TaskService:
         return task["checked_at"] is None or task["checked_at"] <= time.time() - self.reconcile_seconds
 
     async def refresh(self, task: dict, for_webhook: bool = False):
-        """Ask OpenAI for the response's state and record it; a 404 ends the task as failed (but not in demo
-        mode, where another process's emulator may be the one that knows it: its webhook will come)."""
+        "Ask OpenAI for the response's state and record it; a 404 ends the task as failed where `gone_on_404`."
         try:
             state = await self.gateway.retrieve(task["response_id"], for_webhook=for_webhook)
         except OpenAIError as exc:
             if not exc.not_found: raise
-            if self.gateway.emulator is None: await self.store.advance(task["id"], "failed", error=NOT_FOUND_MESSAGE)
+            if self.gone_on_404: await self.store.advance(task["id"], "failed", error=NOT_FOUND_MESSAGE)
             return
         await self._record(task["id"], state)
 

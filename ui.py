@@ -4,9 +4,9 @@ import json
 import secrets
 import time
 
-from fasthtml.common import (A, Article, Button, Div, Footer, Form, Header, Hidden, Label, Link, Main, Meta,
-                             Option, P, Script, Section, Select, Small, Span, Strong, Textarea, Title, Details,
-                             Summary, H1, Html, Head, Body, NotStr, Input, to_xml)
+from fasthtml.common import (H1, A, Article, Body, Button, Details, Div, Footer, Form, Head, Header, Hidden, Html,
+                             Input, Label, Link, Main, Meta, NotStr, Option, P, Script, Section, Select, Small, Span,
+                             Strong, Summary, Textarea, Title, to_xml)
 
 from cache import BoundedCache
 from render import markdown_html

@@ -15,11 +15,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app import create_app  # noqa: E402
-from config import Settings  # noqa: E402
-from config import new_webhook_secret  # noqa: E402
+from config import Settings, new_webhook_secret  # noqa: E402
 from emulator import Emulator, signed_headers  # noqa: E402
-
+from web import create_app  # noqa: E402
 
 PG_URL = os.environ.get("TEST_DATABASE_URL", "")
 
@@ -40,21 +38,30 @@ async def _drop_schema(schema: str):
         await conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
+def require(tool: str, available: bool, how: str):
+    "Skip a test whose tool is missing, saying how to get it; in CI, fail instead (CI must run everything)."
+    if available: return
+    if os.environ.get("CI"): pytest.fail(f"CI must run this test, and {tool} is missing: {how}", pytrace=False)
+    pytest.skip(f"{tool} is missing: {how}")
+
+
+def require_postgres():
+    require("PostgreSQL", bool(PG_URL), "set TEST_DATABASE_URL (e.g. postgresql://postgres@127.0.0.1:5432/test)")
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 async def database_url(request, tmp_path):
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path}/tasks.db"
         return
-    if not PG_URL:
-        if os.environ.get("CI"): pytest.fail("TEST_DATABASE_URL is not set, and CI must test PostgreSQL")
-        pytest.skip("TEST_DATABASE_URL is not set (e.g. postgresql://postgres@127.0.0.1:5432/test)")
+    require_postgres()
     schema, url = await _pg_schema_url()
     yield url
     await _drop_schema(schema)
 
 
 async def wait_for(condition, timeout: float = 10.0, interval: float = 0.05):
-    "Await `condition()` (sync or async) until it is truthy; fail after `timeout` seconds."
+    "Await `condition()` (sync or async) until it is truthy, and return its value; fail after `timeout` seconds."
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
@@ -62,6 +69,15 @@ async def wait_for(condition, timeout: float = 10.0, interval: float = 0.05):
         if value: return value
         if time.monotonic() > deadline: raise AssertionError(f"condition not met within {timeout} s")
         await asyncio.sleep(interval)
+
+
+def wait_until(condition, timeout: float = 15.0, interval: float = 0.05):
+    "`wait_for` for synchronous code (tests that drive servers in other processes)."
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        if time.monotonic() > deadline: raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)
+    return value
 
 
 @pytest.fixture
@@ -76,14 +92,15 @@ class AppHarness:
     def __init__(self, app, emulator=None):
         self.app = app
         self.client = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url="http://testserver")
-        self.emulator = emulator or app.state.gateway.emulator
-        self.secret = app.state.gateway.webhook_secret
+        self.services = app.state.services
+        self.emulator = emulator or self.services.emulator
+        self.secret = self.services.gateway.webhook_secret
 
-    async def store(self): return (await self.app.state.service()).store
+    async def store(self): return self.services.store
 
     async def close(self):
         await self.client.aclose()
-        await self.app.state.shutdown()
+        await self.services.close()
 
     async def queue(self, prompt="Write a long report on tides", **kw):
         return await self.client.post("/api/queue", json={"prompt": prompt, **kw})
@@ -163,13 +180,15 @@ class LiveServer:
                     "DEMO_DELAY_SECONDS": "1", "SESSION_SECRET": "live-test-secret", "PYTHONDONTWRITEBYTECODE": "1", **env}
         self.process = subprocess.Popen([*wrapper, sys.executable, str(Path(cwd) / script)], cwd=cwd, env=full_env,
                                         stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and self.process.poll() is None:
-            try:
-                if httpx2.get(self.url + ready_path, timeout=1).status_code == 200: return
-            except httpx2.HTTPError: time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"{script} did not start:\n" + self.output())
+        try: wait_until(lambda: self.process.poll() is not None or self.answers(ready_path), timeout=20, interval=0.1)
+        except AssertionError: pass
+        if self.process.poll() is not None or not self.answers(ready_path):
+            self.stop()
+            raise RuntimeError(f"{script} did not start:\n" + self.output())
+
+    def answers(self, path: str) -> bool:
+        try: return httpx2.get(self.url + path, timeout=1).status_code == 200
+        except httpx2.HTTPError: return False
 
     def output(self) -> str:
         self.log.seek(0)

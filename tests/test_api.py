@@ -3,7 +3,6 @@
 import pytest
 
 
-
 def assert_error_shape(response, status):
     assert response.status_code == status, response.text
     body = response.json()
@@ -146,6 +145,7 @@ async def test_browser_line_breaks_count_as_one_character(make_harness):
 
 def test_an_unknown_database_url_stops_the_app_at_start_up_with_a_message(settings):
     from dataclasses import replace
-    from app import create_app
+
+    from web import create_app
     with pytest.raises(SystemExit, match="DATABASE_URL must start with sqlite:/// or postgresql://"):
         create_app(replace(settings, database_url="mysql://root@127.0.0.1/test"))

@@ -2,11 +2,10 @@
 import concurrent.futures
 import json
 import shutil
+import subprocess
 import sys
 import tempfile
-import subprocess
 import time
-
 from pathlib import Path
 
 import httpx2
@@ -14,15 +13,7 @@ import pytest
 
 from config import new_webhook_secret
 from emulator import signed_headers
-from tests.conftest import ROOT, LiveServer, free_port
-
-
-def wait_until(condition, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
-    return value
+from tests.conftest import ROOT, LiveServer, free_port, require, wait_until
 
 
 @pytest.fixture
@@ -91,7 +82,7 @@ def read_only_copy():
 
 
 def _as_nobody():
-    if not shutil.which("setpriv"): pytest.skip("setpriv (util-linux) is needed to run as an unprivileged user")
+    require("setpriv", bool(shutil.which("setpriv")), "apt-get install -y util-linux (to run as an unprivileged user)")
     return ("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups")
 
 

@@ -42,12 +42,11 @@ async def test_the_page_reconciles_running_tasks_too(make_harness):
     harness = await make_harness(demo_webhooks=False, reconcile_seconds=0.1)
     await harness.client.get("/")  # a browser: its session owns what it queues
     task = (await harness.queue("page check")).json()
-    await wait_for(lambda: harness.emulator.responses and all(
-        r.status(time.time()) == "completed" for r in harness.emulator.responses.values()))
-    await asyncio.sleep(0.15)  # let the reconcile interval pass
-    page = await harness.client.get("/")
-    assert "Completed" in page.text
+    async def page_shows_completed():
+        return "Completed" in (await harness.client.get("/")).text
+    await wait_for(page_shows_completed)
     assert (await (await harness.store()).get(task["id"]))["status"] == "completed"
+    assert harness.emulator.deliveries == []
 
 
 @pytest.mark.parametrize("directive,status,shown", [

@@ -2,7 +2,6 @@
 import asyncio
 import base64
 import json
-import os
 import secrets
 import socket
 import time
@@ -10,9 +9,11 @@ from urllib.parse import quote
 
 import httpx2
 import pytest
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
-from tests.conftest import PG_URL, AppHarness, _drop_schema, _pg_schema_url
+from tests.conftest import AppHarness, _drop_schema, _pg_schema_url, require, require_postgres
 
 TOKENS = ("alpha-token-0123456789", "bravo-token-9876543210")
 
@@ -143,9 +144,7 @@ def redis_reachable() -> bool:
 
 
 async def test_rate_limit_counts_across_processes_through_redis(make_harness):
-    if not redis_reachable():
-        if os.environ.get("CI"): pytest.fail("Redis is not reachable on 127.0.0.1:6379")
-        pytest.skip("Redis is not running on 127.0.0.1:6379")
+    require("Redis", redis_reachable(), "start redis-server on 127.0.0.1:6379")
     token = "shared-" + secrets.token_hex(8)
     apps = [await make_harness(access_tokens=(token,), queue_rate="3/minute",
                                rate_limit_storage_url="redis://127.0.0.1:6379/15") for _ in range(2)]
@@ -225,13 +224,12 @@ webhook_headers = st.dictionaries(st.sampled_from(["webhook-id", "webhook-timest
 @pytest.mark.parametrize("database", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def test_fuzz_every_route_no_5xx_and_nothing_stored_on_4xx(tmp_path, settings, database):
     from dataclasses import replace
-    from app import create_app
+
+    from web import create_app
     loop = asyncio.new_event_loop()
     database_url, schema = f"sqlite:///{tmp_path}/fuzz.db", None
     if database == "postgresql":
-        if not PG_URL:
-            if os.environ.get("CI"): pytest.fail("TEST_DATABASE_URL is not set, and CI must test PostgreSQL")
-            pytest.skip("TEST_DATABASE_URL is not set")
+        require_postgres()
         schema, database_url = loop.run_until_complete(_pg_schema_url())
     harness = AppHarness(create_app(replace(settings, queue_rate="100000/minute", max_running_per_owner=100000, demo_webhooks=False,
                                             access_tokens=TOKENS, database_url=database_url)))

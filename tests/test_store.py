@@ -12,6 +12,7 @@ import pytest
 from store import TERMINAL, SqliteTaskStore, new_task_row, store_for
 from tests.conftest import ROOT
 
+
 @pytest.fixture
 async def store(database_url):
     store = await store_for(database_url).open()

@@ -167,7 +167,7 @@ async def test_a_copy_arriving_while_the_first_fails_is_not_acknowledged(harness
     from openai_client import OpenAIError
     task, response_id = await queued_task(harness)
     await wait_for(lambda: harness.emulator.responses[response_id].status(time.time()) == "completed")
-    gateway = harness.app.state.gateway
+    gateway = harness.services.gateway
 
     async def slow_failure(*args, **kwargs):
         await asyncio.sleep(0.3)

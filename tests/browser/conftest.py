@@ -5,6 +5,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from tests.conftest import LiveServer, require
+
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 LOCAL_HOSTS = {"127.0.0.1", "localhost"}
@@ -19,10 +21,8 @@ def chromium_path() -> str | None:
 def browser():
     "One headless Chromium per module; launch() gives it a fresh temporary profile."
     executable = chromium_path()
-    if executable is None or not os.path.exists(executable):
-        reason = "Debian's chromium is not installed: apt-get install -y chromium (or set CHROMIUM_PATH)"
-        if os.environ.get("CI"): pytest.fail(f"CI needs the browser tests: {reason}", pytrace=False)
-        pytest.skip(reason)
+    require("Debian's chromium", executable is not None and os.path.exists(executable),
+            "apt-get install -y chromium (or set CHROMIUM_PATH)")
     from playwright.sync_api import sync_playwright
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
@@ -70,3 +70,18 @@ def visit(browser, live_server):
         return visitors[-1]
     yield make
     for visitor in visitors: visitor.close()
+
+
+@pytest.fixture
+def visit_server(browser, tmp_path):
+    "Open a browser on an app started with extra settings (environment variables)."
+    opened = []
+
+    def make(**env) -> Visitor:
+        server = LiveServer(tmp_path, **env)
+        opened.append((server, Visitor(browser, server.url)))
+        return opened[-1][1]
+    yield make
+    for server, visitor in opened:
+        visitor.close()
+        server.stop()

@@ -45,9 +45,12 @@ def test_queue_a_prompt_and_see_the_result_without_a_reload(visit, tmp_path):
     assert {"/static/vendor/htmx.min.js", "/static/vendor/pico.min.css", "/api/queue"} <= requested, requested
     assert_stayed_local(visitor)
 
-    screenshot = tmp_path / "page.png"
-    page.screenshot(path=screenshot, full_page=True)
-    assert screenshot.exists() and screenshot.stat().st_size > 0
+    expect(page.get_by_role("heading", name="Background prompts")).to_be_in_viewport()
+    expect(page.locator("#demo-banner")).to_be_in_viewport()
+    expect(page.get_by_role("button", name="Queue Task")).to_be_visible()
+    expect(card.locator("div.task-output")).to_be_visible()
+    png = page.screenshot(path=tmp_path / "page.png", full_page=True)
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000, "the screenshot is blank"
 
 
 def test_markup_in_a_prompt_is_shown_as_text(visit):
@@ -114,23 +117,6 @@ def test_an_empty_prompt_shows_the_servers_error_and_queues_nothing(visit):
     assert_stayed_local(visitor)
 
 
-@pytest.fixture
-def visit_server(browser, tmp_path):
-    "Open a browser on an app started with extra settings."
-    from tests.browser.conftest import Visitor
-    from tests.conftest import LiveServer
-    opened = []
-
-    def make(**env) -> Visitor:
-        server = LiveServer(tmp_path, **env)
-        opened.append((server, Visitor(browser, server.url)))
-        return opened[-1][1]
-    yield make
-    for server, visitor in opened:
-        visitor.close()
-        server.stop()
-
-
 def test_without_webhooks_a_task_still_completes_on_the_page(visit_server):
     visitor = visit_server(DEMO_WEBHOOKS="off", RECONCILE_SECONDS="1")
     page = visitor.open()
@@ -164,6 +150,7 @@ def test_a_cancel_click_stops_a_running_task(visit_server):
 
 def test_openai_rate_limit_shows_a_readable_message_in_the_card(visit_server, tmp_path):
     import httpx2
+
     from config import new_webhook_secret
     from tests.conftest import LiveServer, free_port
     secret, app_port = new_webhook_secret(), free_port()

@@ -1,14 +1,15 @@
-"""The HTTP contract's shapes (DESIGN.md): reading a queue request, JSON errors, HTMX fragments, cursors."""
+"""The HTTP contract's shapes (DESIGN.md): reading a queue request, the error shape, task JSON, HTMX fragments."""
 import base64
 import binascii
 import json
 import logging
+from datetime import datetime, timezone
 
 from fasthtml.common import to_xml
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 import ui
 from config import Settings
@@ -31,6 +32,32 @@ def json_error(status: int, message: str, kind: str, headers: dict | None = None
     return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status, headers=headers)
 
 
+def iso(timestamp: float | None) -> str | None:
+    if timestamp is None: return None
+    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def task_json(task: dict) -> dict:
+    "A task as the HTTP contract shows it."
+    return {"id": task["id"], "status": task["status"], "prompt": task["prompt"], "model": task["model"],
+            "reasoning_effort": task["reasoning_effort"], "output_text": task["output_text"], "error": task["error"],
+            "usage": task["usage"], "response_id": task["response_id"], "created_at": iso(task["created_at"]),
+            "updated_at": iso(task["updated_at"]), "started_at": iso(task["started_at"]),
+            "completed_at": iso(task["completed_at"]),
+            "status_url": f"/api/status/{task['id']}"}
+
+
+def task_answer(request: Request, task: dict, status: int = 200) -> Response:
+    "The task: its card for htmx, its JSON for anything else."
+    if wants_html(request): return HTMLResponse(ui.card_html(task), status_code=status)
+    return JSONResponse(task_json(task), status_code=status)
+
+
+def page(ft, status: int = 200, headers: dict | None = None) -> HTMLResponse:
+    "A whole HTML document."
+    return HTMLResponse(to_xml(ft), status_code=status, headers=headers)
+
+
 def fragment(ft, status: int = 200, headers: dict | None = None) -> HTMLResponse:
     return HTMLResponse(to_xml(ft), status_code=status, headers=headers)
 
@@ -44,7 +71,7 @@ def error_response(request: Request, status: int, message: str, kind: str, heade
 
 
 async def parse_fields(request: Request) -> dict:
-    "Fields of a urlencoded, multipart or JSON body (FastHTML has already parsed and refused malformed ones)."
+    "Fields of a urlencoded, multipart or JSON body; BadRequest for a malformed one or another content type."
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "application/json":
         try: data = json.loads(await request.body() or b"null")
@@ -96,6 +123,20 @@ async def http_error(request: Request, exc: HTTPException):
 def body_too_large(scope, limit: int) -> Response:
     return error_response(Request(scope), 413, f"The request body is over {limit} bytes: send a shorter prompt",
                           "request_too_large")
+
+
+def cross_site_refused(scope) -> Response:
+    return error_response(Request(scope), 403, "Cross-site request refused: use the app's own page or the API with a token",
+                          "cross_site")
+
+
+async def access_refused(request: Request, exc: Exception) -> Response:
+    "No token or session: 401 for the API (saying how to send a token), the sign-in page for a browser."
+    if request.scope["path"].startswith("/api/") and not wants_html(request):
+        return json_error(401, "Missing or wrong access token: send Authorization: Bearer <token> (one of APP_ACCESS_TOKENS)",
+                          "unauthorized", {"WWW-Authenticate": "Bearer"})
+    if wants_html(request): return Response(status_code=401, headers={"HX-Redirect": "/signin"})
+    return RedirectResponse("/signin", 303)
 
 
 async def server_error(request: Request, exc: Exception):

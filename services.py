@@ -1,0 +1,59 @@
+"""The long-lived objects of one app, built once and kept on `app.state.services`; handlers reach them there."""
+from dataclasses import dataclass
+
+import httpx2
+
+from access import Gate
+from config import Settings
+from emulator import Emulator
+from limiter import QueueLimits, RateLimit
+from openai_client import OpenAIGateway
+from store import SqlTaskStore, store_for
+from tasks import TaskService
+
+FAILED_SIGNINS_RATE = "10/minute"
+EMULATOR_BASE_URL = "http://emulator.demo/v1"
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: SqlTaskStore
+    gateway: OpenAIGateway
+    tasks: TaskService
+    gate: Gate
+    queue_limits: QueueLimits
+    failed_signins: RateLimit
+    emulator: Emulator | None
+
+    @classmethod
+    def build(cls, settings: Settings, session_key: str, webhook_target, http_client: httpx2.AsyncClient | None = None):
+        """The services of an app. In demo mode the SDK talks to an emulator in this process, whose webhooks go to
+        `webhook_target` (the app itself); otherwise to OpenAI, or to `http_client` when given (tests)."""
+        emulator, secret = None, settings.effective_webhook_secret
+        if settings.demo:
+            emulator = Emulator(webhook_target, secret, settings.demo_delay_seconds, settings.demo_webhooks)
+            http_client = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=emulator.app))
+        gateway = OpenAIGateway(settings.openai_api_key or "demo-mode", EMULATOR_BASE_URL if emulator else settings.base_url,
+                                secret, http_client)
+        store = store_for(settings.database_url)
+        return cls(settings=settings, store=store, gateway=gateway,
+                   tasks=TaskService(store, gateway, settings.reconcile_seconds, gone_on_404=emulator is None),
+                   gate=Gate(list(settings.access_tokens), session_key),
+                   queue_limits=QueueLimits(settings.queue_rate, settings.rate_limit_storage_url, settings.max_running_per_owner),
+                   failed_signins=RateLimit(FAILED_SIGNINS_RATE, settings.rate_limit_storage_url),
+                   emulator=emulator)
+
+    @staticmethod
+    def of(request) -> "Services":
+        return request.app.state.services
+
+    @property
+    def exposed(self) -> bool:
+        "Open to anyone on a public host while spending a real key."
+        return self.settings.on_vercel and not self.settings.access_tokens and not self.settings.demo
+
+    async def close(self):
+        await self.store.close()
+        if self.emulator: await self.emulator.stop()
+        await self.gateway.close()
