@@ -1,19 +1,25 @@
-"""Who is calling: access tokens, signed-in sessions, owners, and the cross-site check.
+"""Who is calling: access tokens, signed-in sessions, owners, and the cross-site test.
 
-With APP_ACCESS_TOKENS set, a browser signs in once with a token (its session then holds a keyed
-fingerprint of the token, never the token), and an API client sends `Authorization: Bearer <token>`.
-Each browser session and each token is an owner: the tasks it queued are the ones it sees.
-Without tokens the app is open: a browser session is still an owner, and API calls that carry no
-session cookie share one owner, "api" (so an Idempotency-Key works from curl).
+With APP_ACCESS_TOKENS set, a browser signs in once with a token (its session then holds a keyed fingerprint of
+the token, never the token), and an API client sends `Authorization: Bearer <token>`. Each browser session and
+each token is an owner: the tasks it queued are the ones it sees; the sessions of one token share its account
+(its rate, running cap and budget). Wrong tokens count against the failed sign-in limit of the caller's address,
+and while it is exceeded every try is refused, right or wrong. Signing out ends the session on the server too.
+Without tokens the app is open: a browser gets an owner when it loads the page, and every request without a
+session (curl, or a page that never loaded) shares one owner, "api" (so an Idempotency-Key works from curl).
 """
 import functools
 import hashlib
 import hmac
 import secrets
+import time
 
 from starlette.requests import Request
 
+from limiter import RateLimit
+
 API_OWNER = "api"
+TOO_MANY_WRONG_TOKENS = "Too many wrong tokens from your address"
 
 
 class AccessRefused(Exception):
@@ -29,14 +35,22 @@ def with_owner(may_create: bool = False):
     def decorate(handler):
         @functools.wraps(handler)
         async def handle(request: Request):
-            return await handler(request, request.app.state.services.gate.owner(request, may_create))
+            return await handler(request, await request.app.state.services.gate.owner(request, may_create))
         return handle
     return decorate
 
 
+def client_address(request: Request, behind_proxy: bool) -> str:
+    "The caller's address: behind a proxy that sets it (Vercel), the first X-Forwarded-For hop."
+    forwarded = request.headers.get("x-forwarded-for", "") if behind_proxy else ""
+    return forwarded.split(",")[0].strip() or (request.client.host if request.client else "unknown")
+
+
 class Gate:
-    def __init__(self, tokens: list[str], key: str):
-        self.tokens, self._key = tokens, key.encode()
+    def __init__(self, tokens: list[str], key: str, failed_signins: RateLimit, store, session_max_age: int,
+                 behind_proxy: bool = False):
+        self.tokens, self._key, self.failed_signins, self.store = tokens, key.encode(), failed_signins, store
+        self.session_max_age, self.behind_proxy = session_max_age, behind_proxy
 
     @property
     def on(self) -> bool: return bool(self.tokens)
@@ -56,36 +70,53 @@ class Gate:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         return token.strip() if self.on and scheme.lower() == "bearer" else None
 
-    def bearer_owner(self, token: str) -> str | None:
-        if not token or not self.valid(token): return None
-        return "token_" + hashlib.sha256(token.encode()).hexdigest()[:32]
-
-    def owner(self, request: Request, may_create: bool) -> str:
+    async def owner(self, request: Request, may_create: bool) -> str:
         "Whose tasks the caller may queue and see: its token's, or its session's; AccessRefused when neither."
         token = self.bearer_token(request)
-        owner = self.bearer_owner(token) if token is not None else self.session_owner(request, create=may_create)
+        if token is not None: return await self._token_owner(request, token)
+        owner = await self._session_owner(request, may_create)
         if owner is None: raise AccessRefused()
         return owner
 
-    def session_owner(self, request: Request, create: bool) -> str | None:
-        """The session's owner; None when the gate refuses it. With the gate off a session gets an owner (and
-        so a cookie) only where `create` says one is needed; an API call without a session is the API owner."""
-        session = request.session
-        if self.on: return session.get("owner") if session.get("signed_in") in {self._signed_in_mark(t) for t in self.tokens} else None
-        if "owner" in session: return session["owner"]
-        if "hx-request" not in request.headers and request.scope["path"].startswith("/api/"): return API_OWNER
-        if create: session["owner"] = new_owner()
-        return session.get("owner", "")
+    async def _token_owner(self, request: Request, token: str) -> str:
+        address = client_address(request, self.behind_proxy)
+        await self.failed_signins.check(address, TOO_MANY_WRONG_TOKENS)
+        if not token or not self.valid(token):
+            await self.failed_signins.hit(address, TOO_MANY_WRONG_TOKENS)
+            raise AccessRefused()
+        return "token_" + hashlib.sha256(token.encode()).hexdigest()[:32]
 
-    def quota_key(self, request: Request, owner: str) -> str:
+    async def _session_owner(self, request: Request, may_create: bool) -> str | None:
+        session = request.session
+        if session.get("sid") and await self.store.session_ended(session["sid"]): session.clear()
+        if self.on:
+            signed_in = session.get("signed_in") in {self._signed_in_mark(t) for t in self.tokens}
+            return session.get("owner") if signed_in and session.get("sid") else None
+        if session.get("sid") and session.get("owner"): return session["owner"]
+        if not may_create: return API_OWNER
+        session.update(sid=secrets.token_urlsafe(16), owner=new_owner())
+        return session["owner"]
+
+    def account(self, request: Request, owner: str) -> str:
         "Whose allowance a queueing spends: a token's, however many sessions signed in with it."
         return "signin_" + request.session["signed_in"] if self.on and owner.startswith("browser_") else owner
 
-    def sign_in(self, session, token: str) -> bool:
-        if not self.valid(token): return False
-        session.clear()
-        session.update(signed_in=self._signed_in_mark(token), owner=new_owner())
+    async def sign_in(self, request: Request, token) -> bool:
+        """Start a signed-in session for a right token. Limited while the caller's address has too many wrong
+        tries (even for the right token, so the limit tells a guesser nothing)."""
+        address = client_address(request, self.behind_proxy)
+        await self.failed_signins.check(address, TOO_MANY_WRONG_TOKENS)
+        if not isinstance(token, str) or not token.strip() or not self.valid(token.strip()):
+            await self.failed_signins.hit(address, TOO_MANY_WRONG_TOKENS)
+            return False
+        request.session.clear()
+        request.session.update(sid=secrets.token_urlsafe(16), signed_in=self._signed_in_mark(token.strip()), owner=new_owner())
         return True
+
+    async def sign_out(self, request: Request):
+        "End the session here and on the server: its cookie no longer lets anyone in."
+        if sid := request.session.get("sid"): await self.store.end_session(sid, time.time() + self.session_max_age)
+        request.session.clear()
 
 
 def is_cross_site(headers) -> bool:

@@ -4,29 +4,17 @@ Plain Starlette handlers: nothing parses a body before the handler asks (the web
 and the most requested route, the status a running card polls, pays for no per-request wrapper.
 """
 import logging
+import re
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 import ui
 from access import with_owner
-from limiter import Limited
+from models import cost_bound_usd, model_named
 from openai_client import OpenAIError, WebhookNotConfigured, WebhookRejected
-from responses import (
-    BadRequest,
-    decode_cursor,
-    encode_cursor,
-    error_response,
-    fragment,
-    json_error,
-    not_found,
-    parse_fields,
-    queue_request,
-    retry_header,
-    task_answer,
-    task_json,
-    wants_html,
-)
+from responses import (BadRequest, decode_cursor, encode_cursor, error_response, fragment, json_error, not_found,
+                       parse_fields, queue_request, retry_header, task_answer, task_json, wants_html)
 from services import Services
 from store import StoreUnavailable
 from tasks import IdempotencyConflict, QueueRefused, WebhookBusy
@@ -42,17 +30,20 @@ async def owned_task(request: Request, owner: str) -> dict | None:
 
 
 def fresh_form(svc: Services):
-    return ui.prompt_form(svc.settings.allowed_models, svc.settings.max_prompt_chars, hx_swap_oob="true")
+    return ui.prompt_form(svc.settings, hx_swap_oob="true")
 
 
-@with_owner(may_create=True)
+@with_owner()
 async def queue(request: Request, owner: str) -> Response:
+    "Check the request, then the caller's rate, budget and running cap (429 on any), then queue it with OpenAI."
     svc = Services.of(request)
-    try: args = queue_request(await parse_fields(request), request.headers, svc.settings)
+    try: asked = queue_request(await parse_fields(request), request.headers, svc.settings)
     except BadRequest as exc: return error_response(request, exc.status, exc.message, exc.kind)
-    try: await svc.queue_limits.admit(svc.gate.quota_key(request, owner), await svc.store.count_running(owner))
-    except Limited as exc: return error_response(request, 429, exc.message, "rate_limited", retry_header(exc.retry_after))
-    try: task, _ = await svc.tasks.queue(owner, **args)
+    account = svc.gate.account(request, owner)
+    await svc.queue_rate.hit(account, "Too many prompts queued")
+    await svc.budgets.admit(svc.store, account, cost_bound_usd(model_named(asked.model), asked.prompt, list(asked.tools),
+                                                               asked.max_output_tokens, asked.max_tool_calls))
+    try: task, _ = await svc.tasks.queue(owner, account, asked, svc.settings.max_running_per_owner)
     except IdempotencyConflict as exc: return error_response(request, 409, str(exc), "idempotency_conflict")
     except QueueRefused as refused:
         exc = refused.error
@@ -83,8 +74,9 @@ async def list_tasks(request: Request, owner: str) -> Response:
     cursor, limit = request.query_params.get("cursor", ""), request.query_params.get("limit", "20")
     try: before = decode_cursor(cursor) if cursor else None
     except ValueError: return json_error(400, "Malformed cursor: pass back next_cursor as it was given", "invalid_cursor")
-    if not limit.isdigit(): return json_error(400, "limit must be a whole number from 1 to 100", "invalid_limit")
-    limit = max(1, min(int(limit), TASKS_PAGE_LIMIT))
+    if not re.fullmatch(r"[0-9]{1,3}", limit) or not 1 <= int(limit) <= TASKS_PAGE_LIMIT:
+        return json_error(400, f"limit must be a whole number from 1 to {TASKS_PAGE_LIMIT}", "invalid_limit")
+    limit = int(limit)
     page = await Services.of(request).store.list_for_owner(owner, limit + 1, before)
     more = len(page) > limit
     return JSONResponse({"tasks": [task_json(t) for t in page[:limit]],
@@ -112,10 +104,14 @@ async def webhook(request: Request) -> Response:
 
 
 async def health(request: Request) -> Response:
+    "Liveness and configuration; 503 naming each configured dependency that cannot be reached."
     svc = Services.of(request)
     settings = svc.settings
     body = {"status": "ok", "mode": settings.mode, "store": settings.store_kind,
             "webhook_secret": bool(settings.effective_webhook_secret)}
+    broken = []
     try: await svc.store.ping()
-    except StoreUnavailable: return JSONResponse({**body, "status": "unavailable"}, status_code=503)
+    except StoreUnavailable: broken.append("store")
+    if svc.queue_rate.shared and not await svc.queue_rate.reachable(): broken.append("rate_limit_storage")
+    if broken: return JSONResponse({**body, "status": "unavailable", "unavailable": broken}, status_code=503)
     return JSONResponse(body)

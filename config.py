@@ -5,10 +5,13 @@ prints env.example from the same table.
 """
 import base64
 import os
+import re
 import secrets
 from dataclasses import dataclass, field
 
 import limits
+
+from models import MODELS
 
 SQLITE_PREFIX, POSTGRES_PREFIXES = "sqlite:", ("postgresql:", "postgres:", "postgresql+psycopg:")
 SECRET_HINT = "make one with: python -c 'import secrets; print(secrets.token_hex(32))'"
@@ -50,6 +53,25 @@ def names(raw: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(item.strip() for item in raw.split(",") if item.strip()))
 
 
+def dollars(raw: str) -> float | None:
+    if not raw: return None
+    try: value = float(raw)
+    except ValueError: raise Invalid("is not an amount of US dollars, such as 5 or 12.50") from None
+    if not value > 0: raise Invalid("must be more than 0 (leave it unset for no budget)")
+    return value
+
+
+def labelled_urls(raw: str) -> tuple[tuple[str, str], ...]:
+    "label=https://url pairs, comma-separated."
+    pairs = []
+    for item in names(raw):
+        label, sep, url = item.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", label.strip()) or not url.strip().startswith("https://"):
+            raise Invalid("must be label=https://server/url pairs, comma-separated (a label is letters, digits, _ or -)")
+        pairs.append((label.strip(), url.strip()))
+    return tuple(pairs)
+
+
 def rate(raw: str) -> str:
     try: limits.parse(raw)
     except ValueError: raise Invalid("is not a rate: write it like 10/minute or 100/hour") from None
@@ -85,6 +107,14 @@ VARIABLES = (
     Variable("OPENAI_MODEL", "model", "gpt-5-mini", text, "The model prompts run on by default."),
     Variable("OPENAI_MODELS", "models", "", names,
              "More models the form offers and the API accepts, comma-separated (OPENAI_MODEL is always allowed)."),
+    Variable("OPENAI_VECTOR_STORE_IDS", "vector_store_ids", "", names,
+             "Vector store ids (vs_...) that the File search tool searches, comma-separated (deep research takes at most 2)."),
+    Variable("OPENAI_MCP_SERVERS", "mcp_servers", "", labelled_urls,
+             "Remote MCP servers the MCP tool may call, as label=https://url pairs, comma-separated (called without approval)."),
+    Variable("DAILY_BUDGET_USD", "daily_budget_usd", "", dollars,
+             "Most one owner (an access token, or a browser when the app is open) may spend a day, in US dollars (estimated)."),
+    Variable("APP_DAILY_BUDGET_USD", "app_daily_budget_usd", "", dollars,
+             "Most the whole app may spend a day (UTC), in US dollars (estimated from the models' prices)."),
     Variable("DATABASE_URL", "database_url", "sqlite:///data/tasks.db", database_url,
              "Where tasks are kept: sqlite:///relative/path.db, sqlite:////absolute/path.db, or "
              "postgresql://user:password@host:5432/dbname (required on Vercel and with several servers)."),
@@ -92,8 +122,15 @@ VARIABLES = (
              f"The key that signs session cookies. Unset locally = one is kept in data/.sesskey. Required on Vercel ({SECRET_HINT})."),
     Variable("APP_ACCESS_TOKENS", "access_tokens", "", names,
              "Access tokens, comma-separated. Set = the page asks for one and the API needs `Authorization: Bearer <token>`."),
+    Variable("SESSION_MAX_AGE", "session_max_age", "604800", whole_number,
+             "How long a browser session lasts, in seconds (7 days); signing out ends it at once."),
+    Variable("ALLOWED_HOSTS", "allowed_hosts", "127.0.0.1,localhost,[::1]", names,
+             "Host names the app answers to, comma-separated (others get 400, which stops DNS rebinding); "
+             "on Vercel its own host names are added; * allows any."),
     Variable("QUEUE_RATE", "queue_rate", "10/minute", rate,
              "How many prompts one owner may queue, e.g. 10/minute, 100/hour (the `limits` library's notation)."),
+    Variable("SIGNIN_RATE", "signin_rate", "10/minute", rate,
+             "How many wrong access tokens one address may try (sign-in form or Bearer header); past it every try is refused."),
     Variable("RATE_LIMIT_STORAGE_URL", "rate_limit_storage_url", "memory://", text,
              "Where rate limits count: memory:// (per process) or redis://host:6379 (shared by every process and Vercel instance)."),
     Variable("MAX_RUNNING_PER_OWNER", "max_running_per_owner", "5", whole_number,
@@ -112,6 +149,10 @@ VARIABLES = (
              "`python emulator.py`: where it delivers webhooks."),
     Variable("VERCEL", "on_vercel", "", lambda raw: bool(raw),
              "Set by Vercel itself: the app then requires SESSION_SECRET and warns when it runs open in OpenAI mode."),
+    Variable("VERCEL_URL", "vercel_url", "", text, "Set by Vercel: the deployment's host name (allowed as a host)."),
+    Variable("VERCEL_BRANCH_URL", "vercel_branch_url", "", text, "Set by Vercel: the branch's host name (allowed as a host)."),
+    Variable("VERCEL_PROJECT_PRODUCTION_URL", "vercel_production_url", "", text,
+             "Set by Vercel: the production host name (allowed as a host)."),
 )
 BY_ATTRIBUTE = {variable.attribute: variable for variable in VARIABLES}
 
@@ -128,10 +169,17 @@ class Settings:
     base_url: str = _default("base_url")
     model: str = _default("model")
     models: tuple[str, ...] = _default("models")
+    vector_store_ids: tuple[str, ...] = _default("vector_store_ids")
+    mcp_servers: tuple[tuple[str, str], ...] = _default("mcp_servers")
+    daily_budget_usd: float | None = _default("daily_budget_usd")
+    app_daily_budget_usd: float | None = _default("app_daily_budget_usd")
     database_url: str = _default("database_url")
     session_secret: str = _default("session_secret")
     access_tokens: tuple[str, ...] = _default("access_tokens")
+    session_max_age: int = _default("session_max_age")
+    allowed_hosts: tuple[str, ...] = _default("allowed_hosts")
     queue_rate: str = _default("queue_rate")
+    signin_rate: str = _default("signin_rate")
     rate_limit_storage_url: str = _default("rate_limit_storage_url")
     max_running_per_owner: int = _default("max_running_per_owner")
     host: str = _default("host")
@@ -143,11 +191,14 @@ class Settings:
     emulator_port: int = _default("emulator_port")
     emulator_webhook_url: str = _default("emulator_webhook_url")
     on_vercel: bool = _default("on_vercel")
+    vercel_url: str = _default("vercel_url")
+    vercel_branch_url: str = _default("vercel_branch_url")
+    vercel_production_url: str = _default("vercel_production_url")
     generated_secret: str = field(default_factory=new_webhook_secret)
 
     def __post_init__(self):
         "Checks that span several variables, so that settings made in code (tests) are held to them too."
-        for attribute in ("database_url", "queue_rate"):
+        for attribute in ("database_url", "queue_rate", "signin_rate"):
             _checked(BY_ATTRIBUTE[attribute], str(getattr(self, attribute)))
         if self.on_vercel and not self.session_secret:
             raise SystemExit(f"SESSION_SECRET is not set: on Vercel sessions need a fixed key. Set it in the project's "
@@ -165,7 +216,20 @@ class Settings:
         return self.webhook_secret or (self.generated_secret if self.demo else "")
 
     @property
-    def allowed_models(self) -> tuple[str, ...]: return tuple(dict.fromkeys((self.model, *self.models)))
+    def allowed_models(self) -> tuple[str, ...]:
+        "The models offered: OPENAI_MODEL, then the app's table of models, then OPENAI_MODELS."
+        return tuple(dict.fromkeys((self.model, *MODELS, *self.models)))
+
+    @property
+    def tools(self) -> tuple[str, ...]:
+        "The tools a prompt may use here: web search always; file search and MCP when configured."
+        return ("web_search",) + (("file_search",) if self.vector_store_ids else ()) + (("mcp",) if self.mcp_servers else ())
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        "The Host names answered: ALLOWED_HOSTS, and on Vercel the deployment's own."
+        vercel = (self.vercel_url, self.vercel_branch_url, self.vercel_production_url) if self.on_vercel else ()
+        return tuple(dict.fromkeys(host.lower() for host in (*self.allowed_hosts, *vercel) if host))
 
     @property
     def store_kind(self) -> str: return "sqlite" if self.database_url.startswith(SQLITE_PREFIX) else "postgresql"
@@ -207,7 +271,8 @@ def env_example() -> str:
     "env.example: each variable with its one-line help and its default."
     lines = ["# Copy to .env (or export these) to configure the app. Every variable is optional for a local demo.", ""]
     for variable in VARIABLES:
-        lines += [f"# {variable.help}", f"{'# ' if variable.name == 'VERCEL' else ''}{variable.name}={variable.default}"]
+        platform = variable.name.startswith("VERCEL")
+        lines += [f"# {variable.help}", f"{'# ' if platform else ''}{variable.name}={variable.default}"]
     return "\n".join(lines) + "\n"
 
 

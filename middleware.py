@@ -1,7 +1,40 @@
-"""ASGI middleware that runs before any handler reads a request."""
+"""ASGI middleware that runs before any handler reads a request. Each refuses through `refuse(scope, status,
+message, kind)`, which answers in the contract's error shape (responses.refusal)."""
 from starlette.datastructures import Headers
 
 from access import is_cross_site
+
+MAX_HEADER_BYTES = 64 * 1024
+
+
+class AllowedHosts:
+    """Refuse (400) a request whose Host is not one of `hosts`: a web page elsewhere could otherwise reach an app on
+    this machine by DNS rebinding and spend its key. `*` allows any host."""
+
+    def __init__(self, app, hosts: tuple[str, ...], refuse):
+        self.app, self.hosts, self.refuse = app, frozenset(hosts), refuse
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and "*" not in self.hosts:
+            host = Headers(scope=scope).get("host", "").lower()
+            name = host[:host.index("]") + 1] if host.startswith("[") and "]" in host else host.rsplit(":", 1)[0]
+            if name not in self.hosts:
+                message = f"This app does not answer to the host {name[:100]!r}: add it to ALLOWED_HOSTS"
+                return await self.refuse(scope, 400, message, "host_not_allowed")(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+class HeaderLimit:
+    "Refuse (431) a request whose headers add up to over 64 KB."
+
+    def __init__(self, app, refuse):
+        self.app, self.refuse = app, refuse
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and sum(len(k) + len(v) for k, v in scope["headers"]) > MAX_HEADER_BYTES:
+            message = f"The request's headers are over {MAX_HEADER_BYTES // 1024} KB"
+            return await self.refuse(scope, 431, message, "headers_too_large")(scope, receive, send)
+        await self.app(scope, receive, send)
 
 
 class BodyTooLarge(Exception):
@@ -12,7 +45,7 @@ class BodyLimit:
     """Refuse a request body over `limit` bytes with 413, before anything parses it.
 
     A declared Content-Length over the limit is refused unread; a streamed body is counted as it
-    arrives and refused as soon as it passes the limit. `refuse(scope, limit)` builds the 413 answer.
+    arrives and refused as soon as it passes the limit.
     """
 
     def __init__(self, app, limit: int, refuse):
@@ -22,7 +55,7 @@ class BodyLimit:
         if scope["type"] != "http": return await self.app(scope, receive, send)
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.limit:
-            return await self.refuse(scope, self.limit)(scope, receive, send)
+            return await self._refusal(scope)(scope, receive, send)
         received, started = 0, False
 
         async def counted_receive():
@@ -40,10 +73,13 @@ class BodyLimit:
         try: await self.app(scope, counted_receive, tracked_send)
         except BodyTooLarge:
             if started: raise
-            await self.refuse(scope, self.limit)(scope, receive, send)
+            await self._refusal(scope)(scope, receive, send)
+
+    def _refusal(self, scope):
+        return self.refuse(scope, 413, f"The request body is over {self.limit} bytes: send a shorter prompt", "request_too_large")
 
 
-CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
                            "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 SECURITY_HEADERS = [(b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
                     (b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"same-origin"),
@@ -70,8 +106,8 @@ class SecurityHeaders:
 
 
 class CrossSiteWrites:
-    """Refuse a POST that another site's page started, before anything reads it; `refuse(scope)` builds the answer.
-    OpenAI's webhook is exempt, and so are calls with a bearer token (another site's page cannot send one)."""
+    """Refuse (403) a POST that another site's page started, before anything reads it. OpenAI's webhook is exempt,
+    and so are calls with a bearer token (another site's page cannot send one)."""
 
     def __init__(self, app, refuse, exempt_paths=("/api/webhook",)):
         self.app, self.refuse, self.exempt_paths = app, refuse, exempt_paths
@@ -80,5 +116,6 @@ class CrossSiteWrites:
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] not in self.exempt_paths:
             headers = Headers(scope=scope)
             if not headers.get("authorization", "").lower().startswith("bearer ") and is_cross_site(headers):
-                return await self.refuse(scope)(scope, receive, send)
+                message = "Cross-site request refused: use the app's own page or the API with a token"
+                return await self.refuse(scope, 403, message, "cross_site")(scope, receive, send)
         await self.app(scope, receive, send)

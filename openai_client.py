@@ -1,20 +1,19 @@
 """The only code that talks to OpenAI (or, in demo mode, to the emulator): create, retrieve, cancel, unwrap.
 
 SDK retries, deliberately few: `create` does not retry, because the SDK would sleep through a
-429's Retry-After (up to a minute) while the person waits; the error says when to try again,
-and a retry with the same Idempotency-Key is safe. `retrieve` does not retry either: a webhook's
-is redelivered by OpenAI when we answer 503, a status read is tried again by the next poll.
-`cancel` retries once (the SDK reuses one Idempotency-Key, so that is safe): a click should stick.
+429's Retry-After (up to two minutes) while the person waits, and OpenAI documents no idempotency
+key for it, so a retry could be billed twice; the error says when to try again. `retrieve` does not
+retry either: a webhook's is redelivered by OpenAI when we answer 503, a status read is tried again
+by the next poll. `cancel` retries once (cancelling twice is harmless): a click should stick.
 """
-import logging
+import math
 import re
-from dataclasses import dataclass
 
 import httpx2
 import openai
 from openai import AsyncOpenAI
 
-log = logging.getLogger("openai_client")
+from results import ResponseState, state_of
 
 
 class OpenAIError(Exception):
@@ -33,45 +32,33 @@ class WebhookNotConfigured(Exception):
     "No secret to verify webhooks with."
 
 
-@dataclass
-class ResponseState:
-    """What the app keeps of an OpenAI response."""
-    id: str
-    status: str
-    output_text: str | None
-    error: str | None
-    usage: dict | None
-
-
 def _scrub(text: str, secrets: tuple[str, ...]) -> str:
     for secret in secrets:
         if secret: text = text.replace(secret, "***")
     return re.sub(r"\b(sk-[A-Za-z0-9_\-*]{3})[A-Za-z0-9_\-*]+", r"\1***", text)
 
 
-def _openai_message(exc: openai.APIStatusError) -> str:
+def _openai_error(exc: openai.APIError) -> dict:
     body = exc.body if isinstance(exc.body, dict) else {}
-    error = body.get("error", body) if isinstance(body.get("error", body), dict) else {}
-    return str(error.get("message") or exc.message)
+    error = body.get("error", body)
+    return error if isinstance(error, dict) else {}
 
 
-def output_text_of(response: dict) -> str:
-    "The text of the response's message outputs, as the SDK's `Response.output_text` joins it."
-    return "".join(part.get("text") or "" for item in response.get("output") or [] if item.get("type") == "message"
-                   for part in item.get("content") or [] if part.get("type") == "output_text")
+def go_duration_seconds(text: str) -> float | None:
+    "Seconds in a Go-style duration as OpenAI's x-ratelimit-reset-* headers write them: 20ms, 1s, 6m0s, 1h2m3.5s."
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", text or "")
+    if not parts or "".join(n + u for n, u in parts) != text.strip(): return None
+    return sum(float(n) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[u] for n, u in parts)
 
 
-def state_of(response: dict) -> ResponseState:
-    "What we keep of a response, read from its JSON (the SDK's raw response: building its model costs ~40% of a retrieve)."
-    status, error = response.get("status"), None
-    if status == "failed":
-        failure = response.get("error") or {}
-        error = (f"OpenAI reported a failure: {failure.get('message')} ({failure.get('code')})" if failure.get("message")
-                 else "OpenAI reported a failure without a message")
-    elif status == "incomplete":
-        error = f"The response stopped before the end: {(response.get('incomplete_details') or {}).get('reason') or 'no reason given'}"
-    output_text = output_text_of(response) if status in ("completed", "incomplete") else None
-    return ResponseState(response["id"], status, output_text or None, error, response.get("usage") or None)
+def retry_after_seconds(headers) -> int | None:
+    "When to try again, in whole seconds, from OpenAI's retry-after-ms, retry-after or x-ratelimit-reset-* headers."
+    candidates = []
+    if (ms := headers.get("retry-after-ms")) and re.fullmatch(r"\d+(\.\d+)?", ms): candidates.append(float(ms) / 1000)
+    elif (seconds := headers.get("retry-after")) and re.fullmatch(r"\d+(\.\d+)?", seconds): candidates.append(float(seconds))
+    else: candidates += [d for name in ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens")
+                         if (d := go_duration_seconds(headers.get(name, ""))) is not None]
+    return max(1, math.ceil(max(candidates))) if candidates else None
 
 
 class OpenAIGateway:
@@ -85,30 +72,40 @@ class OpenAIGateway:
                                   webhook_secret=webhook_secret or None, max_retries=0)
 
     def _fail(self, exc: Exception, doing: str) -> OpenAIError:
-        "Turn an SDK exception into an OpenAIError whose message holds no secret."
-        scrub = lambda text: _scrub(text, (self.api_key, self.webhook_secret))
+        "Turn an SDK exception into an OpenAIError whose message holds no secret (DESIGN.md's contract)."
         if isinstance(exc, openai.APITimeoutError):
             return OpenAIError(503, f"OpenAI did not answer in time while {doing} (it may have started anyway: "
                                     "check the OpenAI dashboard before trying again)", "openai_timeout")
         if isinstance(exc, openai.APIConnectionError):
-            return OpenAIError(503, f"Could not reach OpenAI while {doing}: check the network or OPENAI_BASE_URL", "openai_unreachable")
+            return OpenAIError(503, f"Could not reach OpenAI while {doing}: check the network or OPENAI_BASE_URL",
+                               "openai_unreachable")
+        error = _openai_error(exc) if isinstance(exc, openai.APIError) else {}
+        said = _scrub(str(error.get("message") or getattr(exc, "message", "") or type(exc).__name__),
+                      (self.api_key, self.webhook_secret))
         if not isinstance(exc, openai.APIStatusError):
-            return OpenAIError(502, f"Unexpected error while {doing}: {type(exc).__name__}", "openai_error")
-        said = scrub(_openai_message(exc))
-        code = exc.status_code
-        if code == 401:
-            return OpenAIError(502, f"OpenAI rejected the API key (401) while {doing}: {said} Check OPENAI_API_KEY.", "openai_auth")
-        if code == 403:
-            return OpenAIError(502, f"OpenAI refused access (403) while {doing}: {said}", "openai_forbidden")
-        if code == 404:
-            return OpenAIError(502, f"OpenAI does not know it (404) while {doing}: {said}", "openai_not_found", not_found=True)
+            return OpenAIError(502, f"OpenAI reported an error while {doing}: {said}", "openai_error")
+        return self._status_error(exc.status_code, error, said, exc.response.headers, doing)
+
+    @staticmethod
+    def _status_error(code: int, error: dict, said: str, headers, doing: str) -> OpenAIError:
+        if code in (400, 404, 422):
+            return OpenAIError(400, f"OpenAI refused the request while {doing}: {said}", "openai_bad_request",
+                               not_found=code == 404)
+        if code in (401, 403):
+            return OpenAIError(502, f"OpenAI refused the API key ({code}) while {doing}: {said} Check OPENAI_API_KEY and "
+                                    "the key's project permissions.", "openai_auth")
+        if code == 429 and "insufficient_quota" in (error.get("code"), error.get("type")):
+            return OpenAIError(503, f"The OpenAI account is out of credit (429 insufficient_quota) while {doing}: {said} "
+                                    "Add credit or raise the project's spend limit in the OpenAI dashboard; retrying will "
+                                    "not help until then.", "openai_quota")
         if code == 429:
-            retry_after = exc.response.headers.get("retry-after")
-            wait = f" Retry after {retry_after} s." if retry_after else " Try again in a minute."
-            return OpenAIError(429, f"OpenAI's rate limit or quota was hit (429) while {doing}: {said}{wait}", "openai_rate_limited", retry_after)
+            wait = retry_after_seconds(headers)
+            hint = f" Retry after {wait} s." if wait else " Try again in a minute."
+            return OpenAIError(429, f"OpenAI's rate limit was hit (429) while {doing}: {said}{hint}", "openai_rate_limited", wait)
         if code >= 500:
-            return OpenAIError(502, f"OpenAI had a server error ({code}) while {doing}: {said} Try again shortly.", "openai_server_error")
-        return OpenAIError(502, f"OpenAI refused the request ({code}) while {doing}: {said}", "openai_refused")
+            return OpenAIError(502, f"OpenAI had a server error ({code}) while {doing}: {said} Try again shortly.",
+                               "openai_server_error")
+        return OpenAIError(502, f"OpenAI answered {code} while {doing}: {said}", "openai_error")
 
     async def _call(self, doing: str, method, *args, **kwargs) -> ResponseState:
         "Call an SDK method through `with_raw_response` and read the response's JSON."
@@ -119,12 +116,10 @@ class OpenAIGateway:
             raise OpenAIError(502, f"The answer while {doing} was not a Responses API response: check OPENAI_BASE_URL",
                               "openai_bad_answer") from None
 
-    async def create(self, prompt: str, model: str, reasoning_effort: str | None = None, task_id: str = "") -> ResponseState:
-        "Start a background response; the task id goes along as metadata and as the request's Idempotency-Key."
-        extra = {"reasoning": {"effort": reasoning_effort}} if reasoning_effort else {}
-        return await self._call("queueing the prompt", self.client.responses.with_raw_response.create, input=prompt,
-                                model=model, background=True, store=True, timeout=self.create_timeout,
-                                metadata={"task_id": task_id}, extra_headers={"Idempotency-Key": task_id}, **extra)
+    async def create(self, request: dict) -> ResponseState:
+        "Start a background response (`request`: the create parameters, tasks.create_request builds them)."
+        return await self._call("queueing the prompt", self.client.responses.with_raw_response.create, **request,
+                                background=True, store=True, timeout=self.create_timeout)
 
     async def retrieve(self, response_id: str, for_webhook: bool = False) -> ResponseState:
         return await self._call("checking the response", self.client.responses.with_raw_response.retrieve, response_id,

@@ -1,4 +1,5 @@
 """The HTML pages: `/` (the prompt form and this owner's tasks), `/signin` and `/signout`."""
+from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
@@ -15,8 +16,8 @@ RECENT_TASKS = 20
 async def index(request: Request, owner: str) -> Response:
     svc = Services.of(request)
     tasks = await svc.tasks.read_many(await svc.store.list_for_owner(owner, RECENT_TASKS))
-    return page(ui.page(tasks, svc.settings.demo, svc.settings.allowed_models, svc.settings.max_prompt_chars,
-                        exposed=svc.exposed, signed_in=svc.gate.on))
+    spent = await svc.budgets.spent_today(svc.store, svc.gate.account(request, owner)) if svc.budgets.per_account else None
+    return page(ui.page(tasks, svc.settings, exposed=svc.exposed, signed_in=svc.gate.on, spent=spent))
 
 
 async def signin_page(request: Request) -> Response:
@@ -24,15 +25,18 @@ async def signin_page(request: Request) -> Response:
 
 
 async def signin(request: Request) -> Response:
+    "A token from the sign-in form (never from the query string); while the address is limited, every try is 429."
     svc = Services.of(request)
-    token = (await request.form()).get("token")
-    if not svc.gate.on or (isinstance(token, str) and svc.gate.sign_in(request.session, token.strip())):
-        return RedirectResponse("/", 303)
-    try: await svc.failed_signins.hit(request.client.host if request.client else "unknown", "Too many wrong tokens")
+    if not svc.gate.on: return RedirectResponse("/", 303)
+    try:
+        form = await request.form()
+        if await svc.gate.sign_in(request, form.get("token")): return RedirectResponse("/", 303)
     except Limited as exc: return page(ui.signin_page(exc.message), 429, retry_header(exc.retry_after))
+    except (MultiPartException, RuntimeError): return page(ui.signin_page("The sign-in form was malformed."), 400)
     return page(ui.signin_page("That token is not one of APP_ACCESS_TOKENS."), 401)
 
 
 async def signout(request: Request) -> Response:
-    request.session.clear()
-    return RedirectResponse("/signin" if Services.of(request).gate.on else "/", 303)
+    svc = Services.of(request)
+    await svc.gate.sign_out(request)
+    return RedirectResponse("/signin" if svc.gate.on else "/", 303)

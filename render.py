@@ -1,19 +1,44 @@
-"""Model output as safe HTML: Markdown (markdown-it-py, `js-default`: raw HTML off), then sanitised by nh3."""
+"""Model output as safe HTML: Markdown (markdown-it-py, `js-default`: raw HTML off) with numbered citation links,
+then sanitised by nh3; and an answer as a Markdown file with its numbered sources."""
 from functools import lru_cache
 
 import nh3
 from markdown_it import MarkdownIt
 
 ALLOWED_TAGS = {"p", "br", "hr", "h1", "h2", "h3", "h4", "h5", "h6", "strong", "em", "del", "s", "code", "pre",
-                "blockquote", "ul", "ol", "li", "a", "table", "thead", "tbody", "tr", "th", "td"}
+                "blockquote", "ul", "ol", "li", "a", "table", "thead", "tbody", "tr", "th", "td", "sup"}
 ALLOWED_ATTRIBUTES = {"a": {"href", "title"}, "ol": {"start"}}
 ALLOWED_URL_SCHEMES = {"http", "https", "mailto"}
 
 _markdown = MarkdownIt("js-default", {"breaks": True})
 
 
+def with_citations(text: str, sources: tuple[tuple[str, str], ...], citations: tuple[tuple[int, int], ...]) -> str:
+    "The Markdown with a numbered link to its source after each cited passage: `[[2]](url)`."
+    for end, number in sorted(set(citations), reverse=True):
+        if 0 < end <= len(text) and 0 < number <= len(sources):
+            text = f"{text[:end]}[[{number}]]({_link(sources[number - 1][0])}){text[end:]}"
+    return text
+
+
+def _link(url: str) -> str:
+    return url.replace("(", "%28").replace(")", "%29").replace(" ", "%20")
+
+
 @lru_cache(maxsize=512)
-def markdown_html(text: str) -> str:
+def markdown_html(text: str, sources: tuple[tuple[str, str], ...] = (), citations: tuple[tuple[int, int], ...] = ()) -> str:
     "HTML safe to put in a page: no script, no event handler, no javascript: or data: URL, no hx-* attribute."
-    return nh3.clean(_markdown.render(text), tags=ALLOWED_TAGS, attributes=ALLOWED_ATTRIBUTES,
-                     url_schemes=ALLOWED_URL_SCHEMES, link_rel="noopener noreferrer nofollow")
+    return nh3.clean(_markdown.render(with_citations(text, sources, citations)), tags=ALLOWED_TAGS,
+                     attributes=ALLOWED_ATTRIBUTES, url_schemes=ALLOWED_URL_SCHEMES, link_rel="noopener noreferrer nofollow")
+
+
+def markdown_export(task: dict) -> str:
+    "A task as a Markdown file: its prompt, its answer with numbered citations, and the numbered sources."
+    sources = tuple((s["url"], s["title"]) for s in task["sources"] or [])
+    answer = task["output_text"] or task["refusal"] or task["error"] or "(no answer yet)"
+    if task["output_text"]: answer = with_citations(answer, sources, tuple(map(tuple, task["citations"] or [])))
+    quoted = "\n".join("> " + line for line in task["prompt"].splitlines())
+    parts = [f"# {task['prompt'].strip().splitlines()[0][:80]}", f"Model: {task['model']} · status: {task['status']}",
+             "## Prompt", quoted, "## Answer", answer]
+    if sources: parts += ["## Sources", "\n".join(f"{n}. [{title}]({_link(url)})" for n, (url, title) in enumerate(sources, 1))]
+    return "\n\n".join(parts) + "\n"

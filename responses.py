@@ -3,6 +3,7 @@ import base64
 import binascii
 import json
 import logging
+import re
 from datetime import datetime, timezone
 
 from fasthtml.common import to_xml
@@ -13,8 +14,10 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 
 import ui
 from config import Settings
-from store import StoreUnavailable
-from tasks import TASK_ID
+from limiter import Limited, LimiterUnavailable
+from models import Model, model_named
+from store import RunningCapReached, StoreUnavailable
+from tasks import TASK_ID, QueueRequest
 
 log = logging.getLogger("app")
 
@@ -37,13 +40,15 @@ def iso(timestamp: float | None) -> str | None:
     return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+TASK_FIELDS = ("id", "status", "prompt", "model", "reasoning_effort", "output_text", "refusal", "incomplete_reason", "error",
+               "reasoning_summary", "usage", "cost_usd", "response_id", "max_output_tokens", "max_tool_calls")
+
+
 def task_json(task: dict) -> dict:
     "A task as the HTTP contract shows it."
-    return {"id": task["id"], "status": task["status"], "prompt": task["prompt"], "model": task["model"],
-            "reasoning_effort": task["reasoning_effort"], "output_text": task["output_text"], "error": task["error"],
-            "usage": task["usage"], "response_id": task["response_id"], "created_at": iso(task["created_at"]),
-            "updated_at": iso(task["updated_at"]), "started_at": iso(task["started_at"]),
-            "completed_at": iso(task["completed_at"]),
+    return {**{name: task[name] for name in TASK_FIELDS}, "tools": task["tools"] or [], "sources": task["sources"] or [],
+            "steps": task["steps"] or [], **{name: iso(task[name]) for name in ("created_at", "updated_at", "started_at",
+                                                                                 "completed_at")},
             "status_url": f"/api/status/{task['id']}"}
 
 
@@ -71,26 +76,88 @@ def error_response(request: Request, status: int, message: str, kind: str, heade
 
 
 async def parse_fields(request: Request) -> dict:
-    "Fields of a urlencoded, multipart or JSON body; BadRequest for a malformed one or another content type."
+    """Fields of a urlencoded, multipart or JSON body (a field sent more than once in a form is a list); an empty body
+    has none. BadRequest for a malformed body or another content type."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "application/json":
         try: data = json.loads(await request.body() or b"null")
-        except ValueError: raise BadRequest(400, "The body is not valid JSON", "invalid_json")
+        except (ValueError, RecursionError): raise BadRequest(400, "The body is not valid JSON", "invalid_json") from None
         if not isinstance(data, dict): raise BadRequest(400, 'Send a JSON object such as {"prompt": "..."}', "invalid_json")
         return data
     if content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
         try: form = await request.form()
-        except (MultiPartException, RuntimeError) as exc: raise BadRequest(400, f"Malformed form body: {exc}")
-        return {key: value for key, value in form.items() if isinstance(value, str)}
+        except (MultiPartException, RuntimeError) as exc: raise BadRequest(400, f"Malformed form body: {exc}") from None
+        values = {}
+        for key, value in form.multi_items():
+            if isinstance(value, str): values.setdefault(key, []).append(value)
+        return {key: found[0] if len(found) == 1 else found for key, found in values.items()}
+    if not content_type and not await request.body(): return {}
     raise BadRequest(415, "Send the prompt as JSON, a urlencoded form or multipart form data "
                           f"(got content type {content_type or 'none'!r})", "unsupported_media_type")
 
 
 def text_field(fields: dict, name: str) -> str | None:
+    "A text field, or None; BadRequest if it is not text, or holds a NUL or a lone surrogate (no database takes those)."
     value = fields.get(name)
     if value is None: return None
     if not isinstance(value, str): raise BadRequest(400, f"{name} must be a string")
+    if "\x00" in value: raise BadRequest(400, f"{name} holds a NUL character (\\x00): remove it")
+    try: value.encode("utf-8")
+    except UnicodeEncodeError: raise BadRequest(400, f"{name} holds an invalid character (a lone surrogate)") from None
     return value
+
+
+def count_field(fields: dict, name: str, low: int, high: int) -> int | None:
+    "An optional whole number from `low` to `high` (a number in JSON, digits in a form)."
+    value = fields.get(name)
+    if value is None or value == "": return None
+    if isinstance(value, str) and re.fullmatch(r"[0-9]{1,9}", value.strip()): value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise BadRequest(400, f"{name} must be a whole number from {low} to {high}", f"invalid_{name}")
+    return value
+
+
+def tools_field(fields: dict, model: Model, settings: Settings) -> tuple[str, ...]:
+    "The tools asked for (a list, or names separated by commas); unasked, web search for a deep-research model."
+    value = fields.get("tools")
+    if value is None: return ("web_search",) if model.deep_research else ()
+    names = value.split(",") if isinstance(value, str) else value
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise BadRequest(400, f'tools must be a list of tool names, such as ["web_search"]: one of {", ".join(settings.tools)}',
+                         "unknown_tool")
+    names = tuple(dict.fromkeys(n.strip() for n in names if n.strip()))
+    for name in names:
+        if name not in settings.tools:
+            hint = {"file_search": " (set OPENAI_VECTOR_STORE_IDS to enable it)", "mcp": " (set OPENAI_MCP_SERVERS to enable it)"}
+            raise BadRequest(400, f"Unknown or unavailable tool {name[:40]!r}{hint.get(name, '')}: choose from "
+                                  f"{', '.join(settings.tools)}", "unknown_tool")
+    if model.deep_research and not names:
+        raise BadRequest(400, f"{model.name} needs a data source: enable web search (tools: [\"web_search\"]), file search "
+                              "(set OPENAI_VECTOR_STORE_IDS) or an MCP server (set OPENAI_MCP_SERVERS)", "data_source_required")
+    return names
+
+
+def queue_request(fields: dict, headers, settings: Settings) -> QueueRequest:
+    "The queue request, checked before OpenAI is called; BadRequest says what is wrong."
+    prompt = text_field(fields, "prompt")
+    if prompt is None or not prompt.strip():
+        raise BadRequest(400, "The prompt is empty: write what you want the model to do", "empty_prompt")
+    prompt = prompt.replace("\r\n", "\n")
+    if len(prompt) > settings.max_prompt_chars:
+        raise BadRequest(413, f"The prompt has {len(prompt)} characters; the limit is {settings.max_prompt_chars} "
+                              "(MAX_PROMPT_CHARS)", "prompt_too_long")
+    name = text_field(fields, "model") or settings.model
+    if name not in settings.allowed_models:
+        raise BadRequest(400, f"Unknown model {name[:60]!r}: choose one of {', '.join(settings.allowed_models)}", "unknown_model")
+    model = model_named(name)
+    effort = text_field(fields, "reasoning_effort") or None
+    if effort is not None and effort not in model.efforts:
+        allowed = f"choose one of {', '.join(model.efforts)}" if model.efforts else "it takes none"
+        raise BadRequest(400, f"Unknown reasoning_effort {effort[:20]!r} for {name}: {allowed}", "unknown_reasoning_effort")
+    key = text_field({"key": headers.get("idempotency-key")}, "key") or text_field(fields, "idempotency_key") or None
+    if key is not None and len(key) > 200: raise BadRequest(400, "The idempotency key is over 200 characters")
+    return QueueRequest(prompt, name, effort, tools_field(fields, model, settings),
+                        count_field(fields, "max_output_tokens", 16, 1_000_000), count_field(fields, "max_tool_calls", 1, 1000), key)
 
 
 def not_found(request: Request, task_id: str) -> Response:
@@ -104,8 +171,9 @@ def encode_cursor(task: dict) -> str:
 
 def decode_cursor(cursor: str) -> tuple[float, str]:
     try: created_at, task_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-    except (ValueError, TypeError, binascii.Error) as exc: raise ValueError("malformed cursor") from exc
-    if not isinstance(created_at, (int, float)) or not isinstance(task_id, str) or not TASK_ID.fullmatch(task_id):
+    except (ValueError, TypeError, binascii.Error, RecursionError) as exc: raise ValueError("malformed cursor") from exc
+    if (not isinstance(created_at, (int, float)) or isinstance(created_at, bool) or not 0 <= created_at < 1e11
+            or not isinstance(task_id, str) or not TASK_ID.fullmatch(task_id)):
         raise ValueError("malformed cursor")
     return float(created_at), task_id
 
@@ -120,14 +188,9 @@ async def http_error(request: Request, exc: HTTPException):
     return Response(message, status_code=exc.status_code, media_type="text/plain")
 
 
-def body_too_large(scope, limit: int) -> Response:
-    return error_response(Request(scope), 413, f"The request body is over {limit} bytes: send a shorter prompt",
-                          "request_too_large")
-
-
-def cross_site_refused(scope) -> Response:
-    return error_response(Request(scope), 403, "Cross-site request refused: use the app's own page or the API with a token",
-                          "cross_site")
+def refusal(scope, status: int, message: str, kind: str) -> Response:
+    "A middleware's refusal, in the contract's error shape."
+    return error_response(Request(scope), status, message, kind)
 
 
 async def access_refused(request: Request, exc: Exception) -> Response:
@@ -139,6 +202,22 @@ async def access_refused(request: Request, exc: Exception) -> Response:
     return RedirectResponse("/signin", 303)
 
 
+async def limited(request: Request, exc: Limited) -> Response:
+    return error_response(request, 429, exc.message, exc.kind, retry_header(exc.retry_after))
+
+
+async def running_cap_reached(request: Request, exc: RunningCapReached) -> Response:
+    cap = request.app.state.services.settings.max_running_per_owner
+    return error_response(request, 429, f"You already have {cap} tasks running (the limit is {cap}, MAX_RUNNING_PER_OWNER): "
+                                         "wait for one to finish or cancel one.", "rate_limited")
+
+
+async def limiter_down(request: Request, exc: LimiterUnavailable) -> Response:
+    log.error("rate limits unavailable: %s", exc)
+    return error_response(request, 503, f"Requests cannot be counted right now: {exc}. Try again shortly.",
+                          "limiter_unavailable")
+
+
 async def server_error(request: Request, exc: Exception):
     log.exception("unexpected error on %s %s", request.method, request.scope["path"], exc_info=exc)
     return error_response(request, 500, "Something went wrong on our side; the log has the details. Try again.", "server_error")
@@ -148,29 +227,6 @@ async def store_down(request: Request, exc: StoreUnavailable):
     log.error("store unavailable: %s", exc)
     return error_response(request, 503, "The task database is unreachable: check DATABASE_URL and that the "
                                         "database is running, then try again", "store_unavailable")
-
-
-def queue_request(fields: dict, headers, settings: Settings) -> dict:
-    "The queue request's arguments, checked; BadRequest says what is wrong."
-    prompt = text_field(fields, "prompt")
-    if prompt is not None: prompt = prompt.replace("\r\n", "\n")
-    model = text_field(fields, "model") or settings.model
-    effort = text_field(fields, "reasoning_effort") or None
-    key = headers.get("idempotency-key") or text_field(fields, "idempotency_key") or None
-    if prompt is None or not prompt.strip():
-        raise BadRequest(400, "The prompt is empty: write what you want the model to do", "empty_prompt")
-    if len(prompt) > settings.max_prompt_chars:
-        raise BadRequest(413, f"The prompt has {len(prompt)} characters; the limit is {settings.max_prompt_chars} "
-                              "(MAX_PROMPT_CHARS)", "prompt_too_long")
-    if model not in settings.allowed_models:
-        raise BadRequest(400, f"Unknown model {model[:60]!r}: choose one of {', '.join(settings.allowed_models)}", "unknown_model")
-    if effort not in ui.REASONING_EFFORTS[1:] + (None,):
-        raise BadRequest(400, f"Unknown reasoning_effort: choose one of {', '.join(ui.REASONING_EFFORTS[1:])}",
-                         "unknown_reasoning_effort")
-    if key is not None and len(key) > 200: raise BadRequest(400, "The idempotency key is over 200 characters")
-    if any("\x00" in value for value in (prompt, model, effort or "", key or "")):
-        raise BadRequest(400, "The request holds a NUL character (\\x00): remove it")
-    return {"prompt": prompt, "model": model, "reasoning_effort": effort, "idempotency_key": key}
 
 
 def retry_header(retry_after) -> dict | None:

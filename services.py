@@ -5,13 +5,12 @@ import httpx2
 
 from access import Gate
 from config import Settings
-from emulator import Emulator
-from limiter import QueueLimits, RateLimit
+from emulator import DatabaseRecords, Emulator
+from limiter import Budgets, RateLimit
 from openai_client import OpenAIGateway
 from store import SqlTaskStore, store_for
 from tasks import TaskService
 
-FAILED_SIGNINS_RATE = "10/minute"
 EMULATOR_BASE_URL = "http://emulator.demo/v1"
 
 
@@ -22,27 +21,29 @@ class Services:
     gateway: OpenAIGateway
     tasks: TaskService
     gate: Gate
-    queue_limits: QueueLimits
+    queue_rate: RateLimit
     failed_signins: RateLimit
+    budgets: Budgets
     emulator: Emulator | None
 
     @classmethod
     def build(cls, settings: Settings, session_key: str, webhook_target, http_client: httpx2.AsyncClient | None = None):
-        """The services of an app. In demo mode the SDK talks to an emulator in this process, whose webhooks go to
-        `webhook_target` (the app itself); otherwise to OpenAI, or to `http_client` when given (tests)."""
-        emulator, secret = None, settings.effective_webhook_secret
+        """The services of an app. In demo mode the SDK talks to an emulator in this process, which keeps its responses
+        in the app's database (so every process answers alike) and sends its webhooks to `webhook_target` (the app
+        itself); otherwise the SDK talks to OpenAI, or to `http_client` when given (tests)."""
+        emulator, secret, store = None, settings.effective_webhook_secret, store_for(settings.database_url)
         if settings.demo:
-            emulator = Emulator(webhook_target, secret, settings.demo_delay_seconds, settings.demo_webhooks)
+            emulator = Emulator(webhook_target, secret, settings.demo_delay_seconds, settings.demo_webhooks,
+                                records=DatabaseRecords(store))
             http_client = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=emulator.app))
         gateway = OpenAIGateway(settings.openai_api_key or "demo-mode", EMULATOR_BASE_URL if emulator else settings.base_url,
                                 secret, http_client)
-        store = store_for(settings.database_url)
-        return cls(settings=settings, store=store, gateway=gateway,
-                   tasks=TaskService(store, gateway, settings.reconcile_seconds, gone_on_404=emulator is None),
-                   gate=Gate(list(settings.access_tokens), session_key),
-                   queue_limits=QueueLimits(settings.queue_rate, settings.rate_limit_storage_url, settings.max_running_per_owner),
-                   failed_signins=RateLimit(FAILED_SIGNINS_RATE, settings.rate_limit_storage_url),
-                   emulator=emulator)
+        failed_signins = RateLimit(settings.signin_rate, settings.rate_limit_storage_url)
+        return cls(settings=settings, store=store, gateway=gateway, tasks=TaskService(store, gateway, settings),
+                   gate=Gate(list(settings.access_tokens), session_key, failed_signins, store, settings.session_max_age,
+                             behind_proxy=settings.on_vercel),
+                   queue_rate=RateLimit(settings.queue_rate, settings.rate_limit_storage_url), failed_signins=failed_signins,
+                   budgets=Budgets(settings.daily_budget_usd, settings.app_daily_budget_usd), emulator=emulator)
 
     @staticmethod
     def of(request) -> "Services":

@@ -18,39 +18,58 @@ from cache import BoundedCache
 TERMINAL = ("completed", "failed", "cancelled", "incomplete")
 STATUS_RANK = {"queued": 0, "in_progress": 1, **{status: 2 for status in TERMINAL}}
 WEBHOOK_MEMORY_SECONDS = 7 * 24 * 3600
-TASK_COLUMNS = ("id", "response_id", "owner", "idempotency_key", "status", "prompt", "model", "reasoning_effort",
-                "output_text", "error", "usage", "created_at", "updated_at", "started_at", "completed_at", "checked_at")
-
-SCHEMA = [
-    """CREATE TABLE IF NOT EXISTS tasks (
-        id TEXT PRIMARY KEY, response_id TEXT UNIQUE, owner TEXT NOT NULL, idempotency_key TEXT,
-        status TEXT NOT NULL, prompt TEXT NOT NULL, model TEXT NOT NULL, reasoning_effort TEXT,
-        output_text TEXT, error TEXT, usage TEXT, created_at DOUBLE PRECISION NOT NULL,
-        updated_at DOUBLE PRECISION NOT NULL, started_at DOUBLE PRECISION, completed_at DOUBLE PRECISION,
-        checked_at DOUBLE PRECISION)""",
+ORPHAN_GRACE_SECONDS = 60
+DOUBLE, TEXT, INTEGER = "DOUBLE PRECISION", "TEXT", "INTEGER"
+TABLES = {
+    "tasks": [("id", "TEXT PRIMARY KEY"), ("response_id", "TEXT UNIQUE"), ("owner", "TEXT NOT NULL"), ("account", TEXT),
+              ("idempotency_key", TEXT), ("request_digest", TEXT), ("status", "TEXT NOT NULL"), ("prompt", "TEXT NOT NULL"),
+              ("model", "TEXT NOT NULL"), ("reasoning_effort", TEXT), ("tools", TEXT), ("max_output_tokens", INTEGER),
+              ("max_tool_calls", INTEGER), ("output_text", TEXT), ("refusal", TEXT), ("error", TEXT),
+              ("incomplete_reason", TEXT), ("reasoning_summary", TEXT), ("sources", TEXT), ("citations", TEXT), ("steps", TEXT),
+              ("usage", TEXT),
+              ("cost_usd", DOUBLE), ("reserved_usd", DOUBLE), ("created_at", f"{DOUBLE} NOT NULL"),
+              ("updated_at", f"{DOUBLE} NOT NULL"), ("started_at", DOUBLE), ("completed_at", DOUBLE), ("checked_at", DOUBLE)],
+    "webhook_events": [("id", "TEXT PRIMARY KEY"), ("received_at", f"{DOUBLE} NOT NULL"), ("done", "INTEGER NOT NULL DEFAULT 0")],
+    "ended_sessions": [("id", "TEXT PRIMARY KEY"), ("expires_at", f"{DOUBLE} NOT NULL")],
+    "emulated_responses": [("id", "TEXT PRIMARY KEY"), ("created_at", f"{DOUBLE} NOT NULL"), ("delay", f"{DOUBLE} NOT NULL"),
+                           ("request", "TEXT NOT NULL"), ("cancelled_at", DOUBLE)],
+}
+TASK_COLUMNS = tuple(name for name, _ in TABLES["tasks"])
+JSON_COLUMNS = ("tools", "sources", "citations", "steps", "usage")
+RESULT_COLUMNS = ("output_text", "refusal", "error", "incomplete_reason", "reasoning_summary", "sources", "citations", "steps",
+                  "usage", "cost_usd")
+SCHEMA = [f"CREATE TABLE IF NOT EXISTS {table} ({', '.join(f'{name} {kind}' for name, kind in columns)})"
+          for table, columns in TABLES.items()] + [
     "CREATE UNIQUE INDEX IF NOT EXISTS tasks_idempotency ON tasks (owner, idempotency_key)",
     "CREATE INDEX IF NOT EXISTS tasks_by_owner ON tasks (owner, created_at, id)",
-    "CREATE TABLE IF NOT EXISTS webhook_events (id TEXT PRIMARY KEY, received_at DOUBLE PRECISION NOT NULL, "
-    "done INTEGER NOT NULL DEFAULT 0)",
+    "CREATE INDEX IF NOT EXISTS tasks_by_account ON tasks (account, created_at)",
+    "CREATE INDEX IF NOT EXISTS tasks_by_day ON tasks (created_at)",
     "CREATE INDEX IF NOT EXISTS webhook_events_age ON webhook_events (received_at)",
 ]
-ADDED_COLUMNS = [("tasks", "started_at", "DOUBLE PRECISION"), ("webhook_events", "done", "INTEGER NOT NULL DEFAULT 1")]
+ADDED_DEFAULTS = {("webhook_events", "done"): "INTEGER NOT NULL DEFAULT 1"}
 WEBHOOK_CLAIM_STALE_SECONDS = 60
 OPEN_RETRY_SECONDS = 5
 RANK_SQL = "CASE status WHEN 'queued' THEN 0 WHEN 'in_progress' THEN 1 ELSE 2 END"
-INSERT_TASK = (f"INSERT INTO tasks ({', '.join(TASK_COLUMNS)}) VALUES ({', '.join(':' + c for c in TASK_COLUMNS)}) "
+RUNNING_SQL = f"{RANK_SQL} < 2 AND (response_id IS NOT NULL OR created_at > :orphaned_before)"
+INSERT_TASK = (f"INSERT INTO tasks ({', '.join(TASK_COLUMNS)}) SELECT {', '.join(':' + c for c in TASK_COLUMNS)} "
+               f"WHERE (SELECT COUNT(*) FROM tasks WHERE account = :account AND {RUNNING_SQL}) < :max_running "
                "ON CONFLICT DO NOTHING")
-ADVANCE_TASK = (f"UPDATE tasks SET status = :status, output_text = :output_text, error = :error, usage = :usage, "
+ADVANCE_TASK = (f"UPDATE tasks SET status = :status, {', '.join(f'{c} = :{c}' for c in RESULT_COLUMNS)}, "
                 f"updated_at = :now, started_at = COALESCE(started_at, :started_at), completed_at = :completed_at "
                 f"WHERE id = :id AND {RANK_SQL} < :rank")
 ATTACH_RESPONSE = ("UPDATE tasks SET response_id = :response_id, updated_at = :now, checked_at = :now "
                    "WHERE id = :id AND response_id IS NULL")
 CLAIM_CHECK = (f"UPDATE tasks SET checked_at = :now WHERE id = :id AND {RANK_SQL} < 2 "
                "AND response_id IS NOT NULL AND (checked_at IS NULL OR checked_at <= :due)")
+SPENT_SQL = "COALESCE(SUM(COALESCE(cost_usd, reserved_usd, 0)), 0)"
 
 
 class StoreUnavailable(Exception):
     "The database cannot be reached or used."
+
+
+class RunningCapReached(Exception):
+    "The account already has as many running tasks as it may."
 
 
 def new_task_row(**fields) -> dict:
@@ -61,14 +80,19 @@ def new_task_row(**fields) -> dict:
 
 
 def row_size(row: dict) -> int:
-    return 512 + sum(len(row[k] or "") for k in ("prompt", "output_text", "error"))
+    return 512 + sum(len(row[k] or "") for k in ("prompt", "output_text", "error", "reasoning_summary"))
 
 
 def _decode(row: dict | None) -> dict | None:
     if row is None: return None
     row = dict(row)
-    row["usage"] = json.loads(row["usage"]) if row.get("usage") else None
+    for column in JSON_COLUMNS: row[column] = json.loads(row[column]) if row.get(column) else None
     return row
+
+
+def _encoded(row: dict) -> dict:
+    return {**row, **{column: json.dumps(row[column]) if row.get(column) is not None else None
+                      for column in JSON_COLUMNS if column in row}}
 
 
 class SqlTaskStore:
@@ -77,7 +101,7 @@ class SqlTaskStore:
     It opens on first use (so it works under any server, and on Vercel, where no start-up hook may run);
     after a failure to open, statements fail fast for a few seconds instead of queueing behind retries."""
     kind = "sql"
-    _pruned_at = 0.0
+    _pruned_at = _emulated_pruned_at = 0.0
     _opened = False
     _failed_at = -OPEN_RETRY_SECONDS
 
@@ -126,14 +150,38 @@ class SqlTaskStore:
     async def ping(self):
         await self._fetch("SELECT 1 AS ok", {})
 
-    async def create(self, row: dict) -> tuple[dict, bool]:
-        "Insert a task; with an idempotency key already used by this owner, return that task instead."
-        created = await self._execute(INSERT_TASK, row) == 1
-        if created: return _decode(row), True
+    async def _execute_for(self, account: str, sql: str, params: dict) -> int:
+        "Run a change that must not interleave with another for the same account (PostgreSQL locks; SQLite has one writer)."
+        return await self._execute(sql, params)
+
+    async def create(self, row: dict, max_running: int = 1 << 30) -> tuple[dict, bool]:
+        """Insert a task if its account has fewer than `max_running` tasks running (a task whose queueing was
+        interrupted does not count once its grace has passed); with an idempotency key already used by this owner,
+        return that task instead. RunningCapReached when the cap refused it."""
+        params = {**_encoded(row), "account": row["account"] or row["owner"], "max_running": max_running,
+                  "orphaned_before": time.time() - ORPHAN_GRACE_SECONDS}
+        if await self._execute_for(params["account"], INSERT_TASK, params) == 1: return _decode(_encoded(row)), True
         existing = await self._fetchone("SELECT * FROM tasks WHERE owner = :owner AND idempotency_key = :key",
                                         {"owner": row["owner"], "key": row["idempotency_key"]})
-        if existing is None: raise StoreUnavailable(f"task {row['id']} was neither stored nor found")
+        if existing is None: raise RunningCapReached()
         return existing, False
+
+    async def count_running(self, account: str) -> int:
+        rows = await self._fetch(f"SELECT COUNT(*) AS n FROM tasks WHERE account = :account AND {RUNNING_SQL}",
+                                 {"account": account, "orphaned_before": time.time() - ORPHAN_GRACE_SECONDS})
+        return rows[0]["n"]
+
+    async def spent_since(self, since: float, account: str | None = None) -> float:
+        "US dollars spent (or, for running tasks, reserved) on tasks created since `since`, by one account or all."
+        where = "created_at >= :since" + (" AND account = :account" if account else "")
+        rows = await self._fetch(f"SELECT {SPENT_SQL} AS spent FROM tasks WHERE {where}", {"since": since, "account": account})
+        return float(rows[0]["spent"])
+
+    async def orphans(self, older_than: float) -> list[dict]:
+        "Tasks whose queueing was interrupted before their response id was stored."
+        return [_decode(row) for row in await self._fetch(
+            f"SELECT * FROM tasks WHERE response_id IS NULL AND {RANK_SQL} < 2 AND created_at < :before",
+            {"before": older_than})]
 
     async def get(self, task_id: str) -> dict | None:
         "The task; a final task never changes again, so it is kept in memory once read."
@@ -150,12 +198,12 @@ class SqlTaskStore:
     async def forget_idempotency_key(self, task_id: str):
         await self._execute("UPDATE tasks SET idempotency_key = NULL WHERE id = :id", {"id": task_id})
 
-    async def advance(self, task_id: str, status: str, output_text: str | None = None, error: str | None = None,
-                      usage: dict | None = None) -> bool:
-        "Move a task forward to `status`; False (and no change) when that would not be forward."
+    async def advance(self, task_id: str, status: str, **result) -> bool:
+        """Move a task forward to `status` with its result (RESULT_COLUMNS); False (and no change) when that would
+        not be forward."""
         now = time.time()
-        params = {"id": task_id, "status": status, "rank": STATUS_RANK[status], "output_text": output_text,
-                  "error": error, "usage": json.dumps(usage) if usage else None, "now": now,
+        params = {"id": task_id, "status": status, "rank": STATUS_RANK[status], "now": now,
+                  **_encoded({**dict.fromkeys(RESULT_COLUMNS), **result}),
                   "started_at": now if status == "in_progress" else None, "completed_at": now if status in TERMINAL else None}
         return await self._execute(ADVANCE_TASK, params) == 1
 
@@ -166,11 +214,15 @@ class SqlTaskStore:
 
     async def migrate(self):
         "Add the columns that a database made by an older version lacks (idempotent, safe to race)."
-        for table, column, declaration in ADDED_COLUMNS:
-            try: await self._fetch_sql(f"SELECT {column} FROM {table} LIMIT 0", {})
-            except StoreUnavailable:
-                try: await self._execute_sql(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}", {})
-                except StoreUnavailable: await self._fetch_sql(f"SELECT {column} FROM {table} LIMIT 0", {})
+        for table, columns in TABLES.items():
+            for column, declaration in columns:
+                await self._add_column(table, column, ADDED_DEFAULTS.get((table, column), declaration.split(" UNIQUE")[0]))
+
+    async def _add_column(self, table: str, column: str, declaration: str):
+        try: await self._fetch_sql(f"SELECT {column} FROM {table} LIMIT 0", {})
+        except StoreUnavailable:
+            try: await self._execute_sql(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}", {})
+            except StoreUnavailable: await self._fetch_sql(f"SELECT {column} FROM {table} LIMIT 0", {})
 
     async def claim_webhook(self, webhook_id: str) -> str:
         """Claim a webhook id for handling: "claimed" (handle it), "done" (handled before) or "busy" (being
@@ -194,9 +246,30 @@ class SqlTaskStore:
         "Forget a webhook id whose handling failed, so that OpenAI's retry is handled."
         await self._execute("DELETE FROM webhook_events WHERE id = :id AND done = 0", {"id": webhook_id})
 
-    async def count_running(self, owner: str) -> int:
-        rows = await self._fetch(f"SELECT COUNT(*) AS n FROM tasks WHERE owner = :owner AND {RANK_SQL} < 2", {"owner": owner})
-        return rows[0]["n"]
+    async def add_emulated(self, response_id: str, created_at: float, delay: float, request: dict):
+        "Keep a demo response's record (records over a day old are dropped: the emulator's memory is bounded)."
+        await self._execute("INSERT INTO emulated_responses (id, created_at, delay, request) VALUES (:id, :created_at, :delay, "
+                            ":request)", {"id": response_id, "created_at": created_at, "delay": delay, "request": json.dumps(request)})
+        if created_at - self._emulated_pruned_at > 3600:
+            self._emulated_pruned_at = created_at
+            await self._execute("DELETE FROM emulated_responses WHERE created_at < :old", {"old": created_at - 24 * 3600})
+
+    async def emulated(self, response_id: str) -> dict | None:
+        rows = await self._fetch("SELECT * FROM emulated_responses WHERE id = :id", {"id": response_id})
+        return {**rows[0], "request": json.loads(rows[0]["request"])} if rows else None
+
+    async def cancel_emulated(self, response_id: str, at: float):
+        await self._execute("UPDATE emulated_responses SET cancelled_at = :at WHERE id = :id AND cancelled_at IS NULL",
+                            {"id": response_id, "at": at})
+
+    async def end_session(self, session_id: str, expires_at: float):
+        "Remember a signed-out session until its cookie would have expired anyway."
+        await self._execute("INSERT INTO ended_sessions (id, expires_at) VALUES (:id, :expires_at) ON CONFLICT DO NOTHING",
+                            {"id": session_id, "expires_at": expires_at})
+        await self._execute("DELETE FROM ended_sessions WHERE expires_at < :now", {"now": time.time()})
+
+    async def session_ended(self, session_id: str) -> bool:
+        return bool(await self._fetch("SELECT 1 AS ended FROM ended_sessions WHERE id = :id", {"id": session_id}))
 
     async def list_for_owner(self, owner: str, limit: int = 20, before: tuple[float, str] | None = None) -> list[dict]:
         "The owner's tasks, newest first; `before` is the (created_at, id) of the last task of the previous page."
@@ -296,17 +369,26 @@ class PostgresTaskStore(SqlTaskStore):
         if self._pool is not None: await self._pool.close()
         self._opened = False
 
-    async def _run(self, sql: str, params: dict, fetch: bool):
+    async def _run(self, sql: str, params: dict, fetch: bool, lock: str | None = None):
+        "Run one statement; with `lock`, in a transaction that first takes an advisory lock on that key."
         import psycopg
         try:
             async with self._pool.connection(timeout=10) as conn:
-                cursor = await conn.execute(_pyformat(sql), params)
-                return await cursor.fetchall() if fetch else cursor.rowcount
+                if lock is None:
+                    cursor = await conn.execute(_pyformat(sql), params)
+                    return await cursor.fetchall() if fetch else cursor.rowcount
+                async with conn.transaction():
+                    await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%(lock)s))", {"lock": lock})
+                    return (await conn.execute(_pyformat(sql), params)).rowcount
         except (psycopg.Error, TimeoutError) as exc:
             raise StoreUnavailable(f"PostgreSQL: {type(exc).__name__}: {_without_password(str(exc))}") from exc
 
     async def _execute_sql(self, sql: str, params: dict) -> int: return await self._run(sql, params, fetch=False)
     async def _fetch_sql(self, sql: str, params: dict) -> list[dict]: return await self._run(sql, params, fetch=True)
+
+    async def _execute_for(self, account: str, sql: str, params: dict) -> int:
+        if not self._opened: await self.open()
+        return await self._run(sql, params, fetch=False, lock=account)
 
 
 def _pyformat(sql: str) -> str:

@@ -1,19 +1,26 @@
-"""What happens to a task: queueing it, learning of its end (webhook or reconcile), cancelling it."""
+"""The task life cycle: queueing it, learning of its end (webhook or reconcile), cancelling it. No HTTP, no HTML."""
 import asyncio
+import hashlib
+import json
 import logging
 import re
 import secrets
 import time
+from dataclasses import asdict, dataclass
 
-from openai_client import OpenAIError, OpenAIGateway, ResponseState
-from store import TERMINAL, SqlTaskStore, new_task_row
+from config import Settings
+from models import SUMMARY, cost_bound_usd, cost_usd, model_named, tool_params
+from openai_client import OpenAIError, OpenAIGateway
+from results import ResponseState
+from store import ORPHAN_GRACE_SECONDS, TERMINAL, SqlTaskStore, new_task_row
 
 log = logging.getLogger("tasks")
 RESPONSE_EVENTS = ("response.completed", "response.failed", "response.cancelled", "response.incomplete")
 WEBHOOK_WAIT_STEPS, WEBHOOK_WAIT_STEP_SECONDS = 40, 0.05
 TASK_ID = re.compile(r"task_[A-Za-z0-9_-]{16}")
-ORPHAN_SECONDS = 120
-INTERRUPTED_MESSAGE = "Queueing was interrupted before OpenAI answered: queue the prompt again."
+ORPHAN_WEBHOOK_WAIT_SECONDS = 24 * 3600
+INTERRUPTED_MESSAGE = ("Queueing was interrupted before OpenAI's answer was stored, and OpenAI's webhook never attached "
+                       "it: check the OpenAI dashboard's logs, then queue the prompt again if it did not run.")
 NOT_FOUND_MESSAGE = "OpenAI no longer knows this response (404): it may have been deleted or have expired."
 
 
@@ -33,6 +40,24 @@ class QueueRefused(Exception):
         self.task, self.error = task, error
 
 
+@dataclass(frozen=True)
+class QueueRequest:
+    "What a person asks for when queueing (checked by responses.queue_request)."
+    prompt: str
+    model: str
+    reasoning_effort: str | None = None
+    tools: tuple[str, ...] = ()
+    max_output_tokens: int | None = None
+    max_tool_calls: int | None = None
+    idempotency_key: str | None = None
+
+    @property
+    def digest(self) -> str:
+        "What an idempotency key stands for: everything asked but the key."
+        asked = {**asdict(self), "idempotency_key": None}
+        return hashlib.sha256(json.dumps(asked, sort_keys=True).encode()).hexdigest()[:32]
+
+
 def new_task_id() -> str: return "task_" + secrets.token_urlsafe(12)
 
 
@@ -40,34 +65,45 @@ def is_terminal(task: dict) -> bool: return task["status"] in TERMINAL
 
 
 class TaskService:
-    """The task life cycle over a store and an OpenAI gateway.
+    """The task life cycle over a store and an OpenAI gateway, with the settings that shape requests."""
 
-    `gone_on_404`: whether a 404 from OpenAI means the response is gone (it does for OpenAI; in demo mode
-    another process's emulator may be the one that knows it, and its webhook will come)."""
+    def __init__(self, store: SqlTaskStore, gateway: OpenAIGateway, settings: Settings):
+        self.store, self.gateway, self.settings = store, gateway, settings
+        self.reconcile_seconds = settings.reconcile_seconds
+        self.orphan_wait = ORPHAN_WEBHOOK_WAIT_SECONDS if settings.webhook_secret and not settings.demo else ORPHAN_GRACE_SECONDS
 
-    def __init__(self, store: SqlTaskStore, gateway: OpenAIGateway, reconcile_seconds: float, gone_on_404: bool = True):
-        self.store, self.gateway, self.reconcile_seconds, self.gone_on_404 = store, gateway, reconcile_seconds, gone_on_404
+    def create_request(self, task: dict) -> dict:
+        "The Responses API create parameters for a task: its model's tools, effort and summary, its limits, its id."
+        model = model_named(task["model"])
+        request = {"model": task["model"], "input": task["prompt"], "metadata": {"task_id": task["id"]}}
+        reasoning = {**({"effort": task["reasoning_effort"]} if task["reasoning_effort"] else {}),
+                     **({"summary": SUMMARY} if model.summaries else {})}
+        tools = tool_params(model, task["tools"] or [], self.settings.vector_store_ids, self.settings.mcp_servers)
+        optional = {"reasoning": reasoning, "tools": tools, "max_output_tokens": task["max_output_tokens"],
+                    "max_tool_calls": task["max_tool_calls"]}
+        return {**request, **{name: value for name, value in optional.items() if value}}
 
-    async def _record(self, task_id: str, state: ResponseState):
-        await self.store.advance(task_id, state.status, state.output_text, state.error, state.usage)
+    async def _record(self, task: dict, state: ResponseState):
+        cost = cost_usd(model_named(task["model"]), state.usage, state.web_searches) if state.usage else None
+        await self.store.advance(task["id"], state.status, **state.result(cost))
 
-    async def queue(self, owner: str, prompt: str, model: str, reasoning_effort: str | None = None,
-                    idempotency_key: str | None = None) -> tuple[dict, bool]:
-        """Store the task, then create its background response. Returns (task, created).
+    async def queue(self, owner: str, account: str, request: QueueRequest, max_running: int) -> tuple[dict, bool]:
+        """Store the task (if the account's running cap allows: store.RunningCapReached if not), then create its
+        background response. Returns (task, created).
 
-        A known idempotency key returns the task it made, and creates nothing. If OpenAI refuses,
-        the task is kept as failed with the reason (its key freed, so a retry may use it again),
-        and QueueRefused is raised.
-        """
-        row = new_task_row(id=new_task_id(), owner=owner, prompt=prompt, model=model,
-                           reasoning_effort=reasoning_effort, idempotency_key=idempotency_key)
-        task, created = await self.store.create(row)
+        A known idempotency key returns the task it made and creates nothing (IdempotencyConflict if it was asked
+        something else). If OpenAI refuses, the task is kept as failed with the reason (its key freed, so a retry
+        may use it again), and QueueRefused is raised."""
+        reserved = cost_bound_usd(model_named(request.model), request.prompt, list(request.tools), request.max_output_tokens,
+                                  request.max_tool_calls)
+        row = new_task_row(id=new_task_id(), owner=owner, account=account, request_digest=request.digest,
+                           reserved_usd=reserved, **{**asdict(request), "tools": list(request.tools)})
+        task, created = await self.store.create(row, max_running)
         if not created:
-            if (task["prompt"], task["model"]) != (prompt, model):
-                raise IdempotencyConflict("This Idempotency-Key was already used for a different prompt: use a new key")
+            if task["request_digest"] not in (None, request.digest):
+                raise IdempotencyConflict("This Idempotency-Key was already used for a different request: use a new key")
             return task, False
-        try:
-            state = await self.gateway.create(prompt, model, reasoning_effort, task_id=task["id"])
+        try: state = await self.gateway.create(self.create_request(task))
         except BaseException as exc:
             error = exc if isinstance(exc, OpenAIError) else None
             await self.store.advance(task["id"], "failed", error=error.message if error else INTERRUPTED_MESSAGE)
@@ -75,7 +111,7 @@ class TaskService:
             if error is None: raise
             raise QueueRefused(await self.store.get(task["id"]), error) from None
         await self.store.attach_response(task["id"], state.id)
-        await self._record(task["id"], state)
+        await self._record(task, state)
         return await self.store.get(task["id"]), True
 
     async def read(self, task_id: str, owner: str | None = None) -> dict | None:
@@ -86,8 +122,10 @@ class TaskService:
         return await self.refreshed_quietly(task)
 
     async def refreshed(self, task: dict) -> dict:
-        "The task, first refreshed from OpenAI if it is running and was last checked over an interval ago."
-        if not task["response_id"] and not is_terminal(task) and task["created_at"] < time.time() - ORPHAN_SECONDS:
+        """The task, first refreshed from OpenAI if it is running and was last checked over an interval ago.
+        A task whose queueing was interrupted before its response id was stored waits for OpenAI's webhook to
+        attach it (a day, where webhooks come; otherwise a short grace), then fails saying so."""
+        if not task["response_id"] and not is_terminal(task) and task["created_at"] < time.time() - self.orphan_wait:
             await self.store.advance(task["id"], "failed", error=INTERRUPTED_MESSAGE)
             return await self.store.get(task["id"])
         if self._check_due(task) and await self.store.claim_check(task["id"], self.reconcile_seconds):
@@ -101,14 +139,14 @@ class TaskService:
         return task["checked_at"] is None or task["checked_at"] <= time.time() - self.reconcile_seconds
 
     async def refresh(self, task: dict, for_webhook: bool = False):
-        "Ask OpenAI for the response's state and record it; a 404 ends the task as failed where `gone_on_404`."
+        "Ask OpenAI for the response's state and record it; a 404 ends the task as failed."
         try:
             state = await self.gateway.retrieve(task["response_id"], for_webhook=for_webhook)
         except OpenAIError as exc:
             if not exc.not_found: raise
-            if self.gone_on_404: await self.store.advance(task["id"], "failed", error=NOT_FOUND_MESSAGE)
+            await self.store.advance(task["id"], "failed", error=NOT_FOUND_MESSAGE)
             return
-        await self._record(task["id"], state)
+        await self._record(task, state)
 
     async def read_many(self, tasks: list[dict]) -> list[dict]:
         "Tasks as listed, each refreshed as `refreshed_quietly` does."
@@ -126,8 +164,7 @@ class TaskService:
         handled waits for it. Raises OpenAIError, or WebhookBusy, when OpenAI should deliver it again later."""
         if event_type not in RESPONSE_EVENTS or not response_id: return "ignored"
         task = await self.store.get_by_response(response_id)
-        if task is None: return "unknown response"
-        if is_terminal(task): return "already final"
+        if task is not None and is_terminal(task): return "already final"
         claim = await self.store.claim_webhook(webhook_id)
         for _ in range(WEBHOOK_WAIT_STEPS):
             if claim != "busy": break
@@ -135,19 +172,32 @@ class TaskService:
             claim = await self.store.claim_webhook(webhook_id)
         if claim == "done": return "duplicate"
         if claim == "busy": raise WebhookBusy(webhook_id)
-        try: await self.refresh(task, for_webhook=True)
+        try: outcome = await (self.refresh(task, for_webhook=True) if task else self._adopt(response_id))
         except BaseException:
             await self.store.release_webhook(webhook_id)
             raise
-        await self.store.finish_webhook(webhook_id)
-        return "updated"
+        if outcome == "unknown response": await self.store.release_webhook(webhook_id)
+        else: await self.store.finish_webhook(webhook_id)
+        return outcome or "updated"
+
+    async def _adopt(self, response_id: str) -> str:
+        """A response no task knows by id: if its `metadata.task_id` names a task whose queueing was interrupted
+        before the id was stored, attach it there (so a paid-for answer is not lost)."""
+        try: state = await self.gateway.retrieve(response_id, for_webhook=True)
+        except OpenAIError as exc:
+            if exc.not_found: return "unknown response"
+            raise
+        task = await self.store.get(state.task_id) if state.task_id and TASK_ID.fullmatch(state.task_id) else None
+        if task is None or not await self.store.attach_response(task["id"], response_id): return "unknown response"
+        await self._record(task, state)
+        log.info("response %s attached to task %s, whose queueing was interrupted", response_id, task["id"])
+        return "adopted"
 
     async def cancel(self, task: dict) -> dict:
-        "Ask OpenAI to cancel; the task ends as whatever OpenAI then says it is."
+        "Ask OpenAI to cancel; the task ends as whatever OpenAI then says it is (a finished response stays finished)."
         if not is_terminal(task) and task["response_id"]:
-            try:
-                await self._record(task["id"], await self.gateway.cancel(task["response_id"]))
+            try: await self._record(task, await self.gateway.cancel(task["response_id"]))
             except OpenAIError as exc:
-                if exc.status != 502: raise
+                if exc.status not in (400, 502): raise
                 await self.refresh(task)
         return await self.store.get(task["id"])

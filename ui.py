@@ -4,11 +4,13 @@ import json
 import secrets
 import time
 
-from fasthtml.common import (H1, A, Article, Body, Button, Details, Div, Footer, Form, Head, Header, Hidden, Html,
-                             Input, Label, Link, Main, Meta, NotStr, Option, P, Script, Section, Select, Small, Span,
-                             Strong, Summary, Textarea, Title, to_xml)
+from fasthtml.common import (H1, A, Article, Body, Button, Details, Div, Fieldset, Footer, Form, Head, Header, Hidden,
+                             Html, Input, Label, Legend, Li, Link, Main, Meta, NotStr, Ol, Option, P, Script, Section,
+                             Select, Small, Span, Strong, Summary, Textarea, Title, to_xml)
 
 from cache import BoundedCache
+from config import Settings
+from models import model_named
 from render import markdown_html
 from store import TERMINAL
 
@@ -19,7 +21,10 @@ HTMX_CONFIG = {
 }
 STATUS_LABELS = {"queued": "Queued", "in_progress": "Running", "completed": "Completed", "failed": "Failed",
                  "cancelled": "Cancelled", "incomplete": "Incomplete"}
-REASONING_EFFORTS = ("", "minimal", "low", "medium", "high")
+EFFORT_ORDER = ("none", "minimal", "low", "medium", "high", "xhigh")
+TOOL_LABELS = {"web_search": "Web search", "file_search": "File search (your vector stores)", "mcp": "MCP servers"}
+STEP_LABELS = {"web_search": "Searched the web", "file_search": "Searched files", "mcp": "Called a tool",
+               "code_interpreter": "Ran code"}
 
 
 def duration(seconds: float) -> str:
@@ -38,21 +43,46 @@ def timing(task: dict) -> str:
     return said
 
 
-def usage_note(usage: dict | None):
+def usage_note(task: dict):
+    usage = task["usage"]
     if not usage: return None
     reasoning = (usage.get("output_tokens_details") or {}).get("reasoning_tokens", 0)
+    cost = f" · ≈ ${task['cost_usd']:.4f} (estimate)" if task["cost_usd"] is not None else ""
     return Small(f"Tokens: {usage.get('input_tokens', 0)} in · {usage.get('output_tokens', 0)} out"
-                 f"{f' ({reasoning} reasoning)' if reasoning else ''}", cls="task-usage")
+                 f"{f' ({reasoning} reasoning)' if reasoning else ''}{cost}", cls="task-usage")
 
 
 def status_badge(status: str):
     return Span(STATUS_LABELS.get(status, status), cls=f"status status-{status}", data_status=status)
 
 
+def answer(task: dict):
+    "The answer rendered from Markdown, with numbered citation links, then its sources."
+    sources = tuple((s["url"], s["title"]) for s in task["sources"] or [])
+    html_text = markdown_html(task["output_text"], sources, tuple(map(tuple, task["citations"] or [])))
+    return (Div(NotStr(html_text), cls="task-output"),
+            Div(Small("Sources", cls="task-label"), Ol(*[Li(A(title, href=url, rel="noopener noreferrer nofollow"))
+                                                         for url, title in sources]), cls="task-sources") if sources else None)
+
+
 def task_result(task: dict):
-    if task["error"]: return Div(task["error"], cls="task-error", role="alert")
-    if task["output_text"]: return Div(Small("Result", cls="task-label"), Div(NotStr(markdown_html(task["output_text"])), cls="task-output"))
-    return None
+    "What came back: the refusal, the error (an incomplete answer keeps what it wrote), the answer and its sources."
+    return Div(
+        Div(Strong("The model refused: "), task["refusal"], cls="task-refusal", role="alert") if task["refusal"] else None,
+        Div(task["error"], cls="task-error", role="alert") if task["error"] else None,
+        Small("Result", cls="task-label") if task["output_text"] else None,
+        answer(task) if task["output_text"] else None,
+        cls="task-result") if task["refusal"] or task["error"] or task["output_text"] else None
+
+
+def reasoning_and_steps(task: dict):
+    "The reasoning summary and the tool calls, collapsed."
+    steps = task["steps"] or []
+    return (Details(Summary("Reasoning summary"), Div(NotStr(markdown_html(task["reasoning_summary"])), cls="task-summary"))
+            if task["reasoning_summary"] else None,
+            Details(Summary(f"{len(steps)} step{'s' if len(steps) != 1 else ''}"),
+                    Ol(*[Li(STEP_LABELS.get(step["type"], step["type"]), ": " if step["detail"] else "", step["detail"] or "")
+                         for step in steps], cls="task-steps")) if steps else None)
 
 
 def cancel_button(task: dict):
@@ -65,13 +95,16 @@ def task_card(task: dict, timing_text: str | None = None):
     "A task; while it runs it polls its status every 2 s and replaces itself, until it is terminal."
     polling = {} if task["status"] in TERMINAL else {
         "hx_get": f"/api/status/{task['id']}", "hx_trigger": "every 2s", "hx_swap": "outerHTML"}
+    tools = f" · {', '.join(TOOL_LABELS.get(t, t) for t in task['tools'])}" if task["tools"] else ""
     return Article(
-        Header(status_badge(task["status"]), Small(f" {task['model']}{model_effort(task)} · {timing_text or timing(task)}", cls="task-meta"),
+        Header(status_badge(task["status"]),
+               Small(f" {task['model']}{model_effort(task)}{tools} · {timing_text or timing(task)}", cls="task-meta"),
                cancel_button(task)),
         Details(Summary(task["prompt"][:120] + ("…" if len(task["prompt"]) > 120 else "")),
-                Div(task["prompt"], cls="task-prompt")),
+                Div(task["prompt"], cls="task-prompt"), cls="task-prompt-details"),
+        *reasoning_and_steps(task),
         task_result(task),
-        usage_note(task["usage"]),
+        usage_note(task),
         id=f"task-{task['id']}", cls="task", data_task_id=task["id"], **polling)
 
 
@@ -95,21 +128,45 @@ def model_picker(models: tuple[str, ...]):
     return Label("Model", Select(*[Option(m, value=m) for m in models], name="model"))
 
 
-def effort_picker():
-    return Label("Reasoning effort", Select(*[Option(e or "model default", value=e) for e in REASONING_EFFORTS],
-                                            name="reasoning_effort"))
+def effort_picker(models: tuple[str, ...]):
+    "Every effort some model takes (the server says which the chosen model does not)."
+    efforts = {effort for name in models for effort in model_named(name).efforts}
+    return Label("Reasoning effort", Select(Option("model default", value=""),
+                                            *[Option(e, value=e) for e in EFFORT_ORDER if e in efforts], name="reasoning_effort"))
 
 
-def prompt_form(models: tuple[str, ...], max_chars: int, **attrs):
+def tool_choices(tools: tuple[str, ...]):
+    "The tools a prompt may use; with none ticked, a deep-research model searches the web (it needs a data source)."
+    return Fieldset(Legend("Tools (none ticked: web search for deep research, no tools for other models)"),
+                    *[Label(Input(type="checkbox", name="tools", value=tool), TOOL_LABELS[tool]) for tool in tools],
+                    cls="form-tools")
+
+
+def limits_picker():
+    return Details(Summary("Limits (deep research's cost control)"),
+                   Div(Label("Max output tokens", Input(type="number", name="max_output_tokens", min=16, max=1_000_000)),
+                       Label("Max tool calls", Input(type="number", name="max_tool_calls", min=1, max=1000)),
+                       cls="grid"), cls="form-limits")
+
+
+def prompt_form(settings: Settings, **attrs):
     "The prompt form; every render carries a fresh idempotency key, so a double submit queues once."
     return Form(
-        Label("Prompt", Textarea(name="prompt", rows=8, required=True, maxlength=max_chars,
+        Label("Prompt", Textarea(name="prompt", rows=8, required=True, maxlength=settings.max_prompt_chars,
                                  placeholder="A deep-research question, a long report to write…")),
-        Div(model_picker(models), effort_picker(), cls="form-options grid"),
+        Div(model_picker(settings.allowed_models), effort_picker(settings.allowed_models), cls="form-options grid"),
+        tool_choices(settings.tools),
+        limits_picker(),
         Hidden(name="idempotency_key", value=secrets.token_urlsafe(16)),
         Button("Queue Task", type="submit"),
         id="prompt-form", hx_post="/api/queue", hx_target="#tasks", hx_swap="afterbegin",
         hx_disabled_elt="find button", **attrs)
+
+
+def spend_note(spent: float | None, budget: float | None):
+    "Today's estimated spend against the owner's daily budget."
+    if budget is None: return None
+    return P(Small(f"Spent today (estimated, UTC): ${spent:.2f} of your ${budget:.2f} daily budget"), cls="spend", id="spend")
 
 
 def form_error(message: str = "", oob: bool = False):
@@ -154,15 +211,16 @@ def layout(*content):
         lang="en")
 
 
-def page(tasks: list[dict], demo: bool, models: tuple[str, ...], max_chars: int, exposed=False, signed_in=False):
+def page(tasks: list[dict], settings: Settings, exposed=False, signed_in=False, spent: float | None = None):
     return layout(
         Header(H1("Background prompts"),
                P("Queue a long prompt as an OpenAI background response. You may close this tab: "
                  "the result is kept, and shown here when it is ready."),
                signout_form() if signed_in else None),
-        demo_banner() if demo else None,
+        demo_banner() if settings.demo else None,
         exposed_banner() if exposed else None,
-        prompt_form(models, max_chars),
+        spend_note(spent, settings.daily_budget_usd),
+        prompt_form(settings),
         form_error(),
         task_list(tasks),
         Footer(Small(A("health", href="/health"), " · ", "JSON API: POST /api/queue, GET /api/status/{id}, GET /api/tasks")))

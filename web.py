@@ -12,17 +12,12 @@ import api
 import pages
 from access import AccessRefused
 from config import Settings, load_settings
-from middleware import BodyLimit, CrossSiteWrites, SecurityHeaders
-from responses import (
-    access_refused,
-    body_too_large,
-    cross_site_refused,
-    http_error,
-    server_error,
-    store_down,
-)
+from limiter import Limited, LimiterUnavailable
+from middleware import AllowedHosts, BodyLimit, CrossSiteWrites, HeaderLimit, SecurityHeaders
+from responses import (access_refused, http_error, limited, limiter_down, refusal, running_cap_reached, server_error,
+                       store_down)
 from services import Services
-from store import StoreUnavailable
+from store import RunningCapReached, StoreUnavailable
 
 log = logging.getLogger("web")
 STATIC_DIR = Path(__file__).parent / "static"
@@ -41,8 +36,16 @@ ROUTES = [
     Route("/health", api.health, methods=["GET"]),
     Mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static"),
 ]
-EXCEPTION_HANDLERS = {StoreUnavailable: store_down, AccessRefused: access_refused, HTTPException: http_error,
+EXCEPTION_HANDLERS = {StoreUnavailable: store_down, AccessRefused: access_refused, Limited: limited,
+                      RunningCapReached: running_cap_reached, LimiterUnavailable: limiter_down, HTTPException: http_error,
                       404: http_error, 405: http_error, Exception: server_error}
+
+
+class App(FastHTML):
+    "The FastHTML app with the security headers outermost, so that they are on every answer, a 500 included."
+
+    def build_middleware_stack(self):
+        return SecurityHeaders(super().build_middleware_stack())
 
 
 async def lifespan(app):
@@ -58,14 +61,15 @@ def session_key(settings: Settings) -> str | None:
     return None
 
 
-def create_app(settings: Settings | None = None, http_client=None) -> FastHTML:
+def create_app(settings: Settings | None = None, http_client=None) -> App:
     "The app; `http_client` stands in for the network to OpenAI (tests aim it at an emulator)."
     settings = settings or load_settings()
-    app = FastHTML(routes=ROUTES, default_hdrs=False, secret_key=session_key(settings), key_fname=str(SESSION_KEY_FILE),
-                   session_cookie="session", same_site="lax", exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan,
-                   middleware=[Middleware(SecurityHeaders),
-                               Middleware(BodyLimit, limit=settings.max_body_bytes, refuse=body_too_large),
-                               Middleware(CrossSiteWrites, refuse=cross_site_refused)])
+    app = App(routes=ROUTES, default_hdrs=False, secret_key=session_key(settings), key_fname=str(SESSION_KEY_FILE),
+              session_cookie="session", same_site="lax", max_age=settings.session_max_age,
+              exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan,
+              middleware=[Middleware(HeaderLimit, refuse=refusal), Middleware(AllowedHosts, hosts=settings.hosts, refuse=refusal),
+                          Middleware(BodyLimit, limit=settings.max_body_bytes, refuse=refusal),
+                          Middleware(CrossSiteWrites, refuse=refusal)])
     app.state.services = Services.build(settings, app.secret_key, webhook_target=app, http_client=http_client)
     if app.state.services.exposed:
         log.warning("APP_ACCESS_TOKENS is not set: anyone with this app's URL can spend your OpenAI key and read every result")

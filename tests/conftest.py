@@ -83,7 +83,7 @@ def wait_until(condition, timeout: float = 15.0, interval: float = 0.05):
 @pytest.fixture
 def settings(tmp_path) -> Settings:
     return Settings(database_url=f"sqlite:///{tmp_path}/tasks.db", demo_delay_seconds=0.4, reconcile_seconds=3600,
-                    session_secret="test-session-secret", max_prompt_chars=2000)
+                    session_secret="test-session-secret", max_prompt_chars=2000, allowed_hosts=("testserver", "127.0.0.1"))
 
 
 class AppHarness:
@@ -112,6 +112,10 @@ class AppHarness:
             task = await (await self.store()).get(task_id)
             return task if task["status"] == wanted else None
         return await wait_for(reached, timeout)
+
+    async def openai_status_is(self, response_id: str, wanted: str) -> bool:
+        "Whether OpenAI (the emulator) now says the response has `wanted` status."
+        return await self.emulator.status_of(response_id) == wanted
 
     async def deliver(self, event: dict | bytes, headers: dict | None = None, **sign_kw):
         body = event if isinstance(event, bytes) else json.dumps(event).encode()

@@ -5,6 +5,7 @@ import time
 
 import pytest
 
+from emulator import MemoryRecords
 from tasks import NOT_FOUND_MESSAGE
 from tests.conftest import wait_for
 
@@ -66,7 +67,7 @@ async def test_failed_and_incomplete_endings_show_why(harness, directive, status
 async def test_a_response_openai_no_longer_knows_ends_as_failed(make_openai_harness):
     harness = await make_openai_harness(reconcile_seconds=0, demo_delay_seconds=30)
     task = (await harness.queue()).json()
-    harness.emulator.responses.clear()
+    harness.emulator.records = MemoryRecords()  # OpenAI forgot it
     body = (await harness.status(task["id"])).json()
     assert body["status"] == "failed" and body["error"] == NOT_FOUND_MESSAGE
 
@@ -109,12 +110,13 @@ async def test_cancel_racing_completion_ends_in_openais_state(make_harness):
     for _ in range(5):
         task = (await harness.queue()).json()
         response_id = (await (await harness.store()).get(task["id"]))["response_id"]
-        await wait_for(lambda: harness.emulator.responses[response_id].status(time.time()) == "in_progress")
-        await asyncio.sleep(max(0.0, harness.emulator.responses[response_id].created_at + 0.3 - time.time()))
+        await wait_for(lambda: harness.openai_status_is(response_id, "in_progress"))
+        record = await harness.emulator.records.get(response_id)
+        await asyncio.sleep(max(0.0, record.created_at + 0.3 - time.time()))  # aim the cancel at the moment it completes
         await harness.client.post(f"/api/cancel/{task['id']}")
         await harness.emulator.wait_idle()
         final = await (await harness.store()).get(task["id"])
-        truth = harness.emulator.responses[response_id].status(time.time())
+        truth = await harness.emulator.status_of(response_id)
         assert final["status"] == truth
         assert (final["output_text"] is not None) == (truth == "completed")
 
@@ -130,9 +132,10 @@ async def test_cancel_button_on_a_running_card_only(make_harness):
 
 
 @pytest.mark.parametrize("status,headers,expected,kind,says", [
-    (401, None, 502, "openai_auth", "rejected the API key"),
-    (403, None, 502, "openai_forbidden", "refused access"),
-    (404, None, 502, "openai_not_found", "does not know"),
+    (401, None, 502, "openai_auth", "refused the API key (401)"),
+    (403, None, 502, "openai_auth", "refused the API key (403)"),
+    (404, None, 400, "openai_bad_request", "OpenAI refused the request"),
+    (400, None, 400, "openai_bad_request", "OpenAI refused the request"),
     (429, {"retry-after": "17"}, 429, "openai_rate_limited", "Retry after 17 s"),
     (500, None, 502, "openai_server_error", "server error (500)"),
     (503, None, 502, "openai_server_error", "server error (503)"),
@@ -154,6 +157,7 @@ async def test_openai_errors_on_queue_are_clear_and_never_leak_the_key(make_open
 async def test_openai_error_shows_in_the_card_on_the_page(make_openai_harness):
     harness = await make_openai_harness()
     harness.emulator.fail_next("create", 429, "Rate limit reached for requests", {"retry-after": "20"})
+    await harness.client.get("/")  # a browser loads the page first: its session owns what it queues
     response = await harness.client.post("/api/queue", data={"prompt": "hi"}, headers={"HX-Request": "true"})
     assert response.status_code == 429
     assert "Failed" in response.text and "Rate limit reached" in response.text and "Retry after 20 s" in response.text
@@ -199,8 +203,8 @@ async def test_model_and_reasoning_effort_are_used_and_checked(make_harness):
     page = (await harness.client.get("/")).text
     assert 'name="model"' in page and "o4-mini" in page and 'name="reasoning_effort"' in page
     task = (await harness.queue(model="o4-mini", reasoning_effort="high")).json()
-    response = harness.emulator.responses[(await (await harness.store()).get(task["id"]))["response_id"]]
-    assert response.model == "o4-mini" and response.reasoning_effort == "high"
+    record = await harness.emulator.records.get((await (await harness.store()).get(task["id"]))["response_id"])
+    assert record.request["model"] == "o4-mini" and record.request["reasoning"]["effort"] == "high"
     assert (await harness.queue(model="gpt-4-nope")).status_code == 400
 
 

