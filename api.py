@@ -5,22 +5,25 @@ and the most requested route, the status a running card polls, pays for no per-r
 """
 import logging
 import re
+import time
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 
 import ui
 from access import with_owner
 from models import cost_bound_usd, model_named
 from openai_client import OpenAIError, WebhookNotConfigured, WebhookRejected
 from responses import (BadRequest, decode_cursor, encode_cursor, error_response, fragment, json_error, not_found,
-                       parse_fields, queue_request, retry_header, task_answer, task_json, wants_html)
+                       parse_fields, progress_json, queue_request, retry_header, task_answer, task_json, wants_html)
+from render import markdown_export
 from services import Services
-from store import StoreUnavailable
+from store import TERMINAL, StoreUnavailable
 from tasks import IdempotencyConflict, QueueRefused, WebhookBusy
 
 log = logging.getLogger("api")
 TASKS_PAGE_LIMIT = 100
+KEEPALIVE_SECONDS = 15.0
 
 
 async def owned_task(request: Request, owner: str) -> dict | None:
@@ -49,7 +52,9 @@ async def queue(request: Request, owner: str) -> Response:
         exc = refused.error
         if not wants_html(request): return json_error(exc.status, exc.message, exc.kind, retry_header(exc.retry_after))
         return fragment((ui.task_card(refused.task), fresh_form(svc)), exc.status, retry_header(exc.retry_after))
-    if wants_html(request): return fragment((ui.task_card(task), fresh_form(svc), ui.form_error(oob=True)), 202)
+    if wants_html(request):
+        card = ui.card(task, await svc.tasks.progress.state_of(task["id"]))
+        return fragment((card, fresh_form(svc), ui.form_error(oob=True)), 202)
     return JSONResponse(task_json(task), status_code=202, headers={"Location": f"/api/status/{task['id']}"})
 
 
@@ -57,7 +62,39 @@ async def queue(request: Request, owner: str) -> Response:
 async def status(request: Request, owner: str) -> Response:
     task = await owned_task(request, owner)
     if task is None: return not_found(request, request.path_params["task_id"])
-    return task_answer(request, task)
+    running = wants_html(request) and task["status"] not in TERMINAL
+    return task_answer(request, task, await Services.of(request).tasks.progress.state_of(task["id"]) if running else None)
+
+
+@with_owner()
+async def events(request: Request, owner: str) -> Response:
+    """The task's progress as Server-Sent Events: recorded, then live, from after `Last-Event-ID` (or `?after=`);
+    `?format=html` gives the page's fragments instead of JSON. Ends with `done`, or after EVENTS_MAX_SECONDS."""
+    after = request.headers.get("last-event-id") or request.query_params.get("after") or "-1"
+    if not re.fullmatch(r"-1|[0-9]{1,15}", after.strip()):
+        return json_error(400, "Last-Event-ID (or ?after=) must be the id of an event of this stream", "invalid_event_id")
+    task = await owned_task(request, owner)
+    if task is None: return not_found(request, request.path_params["task_id"])
+    format = ui.progress_html if request.query_params.get("format") == "html" else progress_json
+    return StreamingResponse(event_stream(Services.of(request), task, int(after), format), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def event_stream(svc: Services, task: dict, after: int, format):
+    deadline = time.monotonic() + svc.settings.stream_seconds
+    yield b"retry: 2000\n\n"
+    async for chunk in svc.tasks.progress.watch(task, after, format, min(KEEPALIVE_SECONDS, svc.settings.stream_seconds)):
+        yield chunk if chunk is not None else b": keep-alive\n\n"
+        if time.monotonic() > deadline: return
+
+
+@with_owner()
+async def export(request: Request, owner: str) -> Response:
+    "The task as a Markdown file: prompt, answer with numbered citations, numbered sources."
+    task = await owned_task(request, owner)
+    if task is None: return not_found(request, request.path_params["task_id"])
+    return Response(markdown_export(task), media_type="text/markdown; charset=utf-8",
+                    headers={"Content-Disposition": f'attachment; filename="{task["id"]}.md"'})
 
 
 @with_owner()

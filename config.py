@@ -36,7 +36,8 @@ def whole_number(raw: str) -> int:
     return value
 
 
-def seconds(raw: str) -> float:
+def seconds(raw: str) -> float | None:
+    if not raw: return None
     try: value = float(raw)
     except ValueError: raise Invalid("is not a number of seconds") from None
     if not value >= 0: raise Invalid("must be 0 or more")
@@ -141,6 +142,9 @@ VARIABLES = (
              "The longest prompt accepted, in characters (a longer one gets 413)."),
     Variable("RECONCILE_SECONDS", "reconcile_seconds", "5", seconds,
              "Seconds between two checks of a running task with OpenAI when its webhook has not come (reading the task triggers them)."),
+    Variable("EVENTS_MAX_SECONDS", "events_max_seconds", "", seconds,
+             "How long one progress stream (GET /api/events/{id}) stays open before the browser reconnects "
+             "(unset: 900, or 250 on Vercel, within its 300 s function limit)."),
     Variable("DEMO_DELAY_SECONDS", "demo_delay_seconds", "3", seconds, "Demo mode: how many seconds a made-up answer takes."),
     Variable("DEMO_WEBHOOKS", "demo_webhooks", "on", switch,
              "Demo mode: whether the emulator sends webhooks (off = tasks finish through reconcile only)."),
@@ -186,6 +190,7 @@ class Settings:
     port: int = _default("port")
     max_prompt_chars: int = _default("max_prompt_chars")
     reconcile_seconds: float = _default("reconcile_seconds")
+    events_max_seconds: float | None = _default("events_max_seconds")
     demo_delay_seconds: float = _default("demo_delay_seconds")
     demo_webhooks: bool = _default("demo_webhooks")
     emulator_port: int = _default("emulator_port")
@@ -224,6 +229,11 @@ class Settings:
     def tools(self) -> tuple[str, ...]:
         "The tools a prompt may use here: web search always; file search and MCP when configured."
         return ("web_search",) + (("file_search",) if self.vector_store_ids else ()) + (("mcp",) if self.mcp_servers else ())
+
+    @property
+    def stream_seconds(self) -> float:
+        "How long one progress stream stays open: EVENTS_MAX_SECONDS, or a default within Vercel's function limit."
+        return self.events_max_seconds or (250.0 if self.on_vercel else 900.0)
 
     @property
     def hosts(self) -> tuple[str, ...]:

@@ -20,12 +20,14 @@ import logging
 import re
 import secrets
 import time
+import typing
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from functools import cached_property
 
 import httpx2
 from openai.types.responses.response_create_params import ResponseCreateParamsStreaming
+from openai.types.shared import ResponsesModel
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
@@ -33,10 +35,17 @@ from starlette.routing import Route
 
 from models import MODELS, model_named
 
+
+def _literal_values(annotation) -> set[str]:
+    "The strings a typing.Literal (nested in Unions) allows."
+    if typing.get_origin(annotation) is typing.Literal: return {a for a in typing.get_args(annotation) if isinstance(a, str)}
+    return set().union(*map(_literal_values, typing.get_args(annotation)))
+
 log = logging.getLogger("emulator")
 DELIVERY_BACKOFF_SECONDS = (0.5, 1, 2, 4, 8)
 TERMINAL = ("completed", "failed", "cancelled", "incomplete")
 CREATE_PARAMETERS = frozenset(ResponseCreateParamsStreaming.__annotations__)
+KNOWN_MODELS = frozenset(_literal_values(ResponsesModel)) | set(MODELS)  # the model ids OpenAI's schema names
 DATA_SOURCES = ("web_search_preview", "mcp", "file_search")
 DEEP_RESEARCH_TOOLS = (*DATA_SOURCES, "code_interpreter")
 TOOL_TYPES = ("web_search", "web_search_preview", "file_search", "mcp", "code_interpreter", "function")
@@ -57,7 +66,8 @@ def signed_headers(secret: str, body: bytes, webhook_id: str | None = None, time
     webhook_id = webhook_id or "wh_" + secrets.token_hex(12)
     timestamp = int(time.time()) if timestamp is None else timestamp
     return {"webhook-id": webhook_id, "webhook-timestamp": str(timestamp),
-            "webhook-signature": sign(secret, webhook_id, timestamp, body), "content-type": "application/json"}
+            "webhook-signature": sign(secret, webhook_id, timestamp, body), "content-type": "application/json",
+            "user-agent": "OpenAI/1.0 (+https://platform.openai.com/docs/webhooks)"}
 
 
 class Refused(Exception):
@@ -81,14 +91,14 @@ def check_create(body) -> None:
     model = body.get("model")
     if not isinstance(model, str) or not model: raise Refused(400, "Missing required parameter: 'model'.", param="model",
                                                               code="missing_required_parameter")
-    if model not in MODELS:
+    if model not in KNOWN_MODELS:
         raise Refused(400, f"The requested model '{model}' does not exist.", param="model", code="model_not_found")
     if not isinstance(body.get("input"), (str, list)):
         raise Refused(400, "Missing required parameter: 'input'.", param="input", code="missing_required_parameter")
     if body.get("background") and body.get("store") is False:
         raise Refused(400, "Background sampling requires store=true.", param="background", code="unsupported_parameter")
-    _check_reasoning(MODELS[model], body.get("reasoning") or {}, body)
-    _check_tools(MODELS[model], body.get("tools") or [])
+    _check_reasoning(model_named(model), body.get("reasoning") or {}, body)
+    _check_tools(model_named(model), body.get("tools") or [])
     metadata = body.get("metadata") or {}
     if len(metadata) > 16 or not all(isinstance(v, str) and len(k) <= 64 and len(v) <= 512 for k, v in metadata.items()):
         raise Refused(400, "Invalid 'metadata': at most 16 string pairs.", param="metadata", code="invalid_value")
@@ -110,7 +120,7 @@ def _check_reasoning(model, reasoning: dict, body: dict):
                 raise Refused(400, f"Unsupported parameter: 'reasoning.{name}' is not supported with this model.",
                               param=f"reasoning.{name}", code="unsupported_parameter")
         return
-    if body.get("temperature") is not None:
+    if body.get("temperature") is not None and not model.takes_temperature:
         raise Refused(400, "Unsupported parameter: 'temperature' is not supported with this model.", param="temperature",
                       code="unsupported_parameter")
     effort = reasoning.get("effort")
@@ -206,14 +216,14 @@ class Script:
     # -- the output, as items and as the events that stream them
 
     def _build(self):
-        limit = self.request.get("max_tool_calls")
+        "The output: reasoning, then tool calls (at most `max_tool_calls` of them, all tools counted), then the message."
         searches = (3 if self.model.deep_research else 1) if {"web_search", "web_search_preview"} & set(self.tool_types) else 0
-        searches = min(searches, limit) if limit is not None else searches
+        calls = ["web_search"] * searches + [t for t in ("file_search", "mcp") if t in self.tool_types]
+        calls = calls[:self.request["max_tool_calls"]] if self.request.get("max_tool_calls") is not None else calls
         if self.model.reasoning: self._reasoning()
-        for i in range(searches): self._web_search(i)
-        if "file_search" in self.tool_types: self._file_search()
-        if "mcp" in self.tool_types: self._mcp()
-        if self.outcome != "failed": self._message(searches)
+        for i, call in enumerate(calls):
+            {"web_search": lambda: self._web_search(i), "file_search": self._file_search, "mcp": self._mcp}[call]()
+        if self.outcome != "failed": self._message(calls.count("web_search"))
 
     def _item(self, item: dict, streamed: list[dict]):
         index = len(self.output)
@@ -311,7 +321,8 @@ class Script:
         text = "".join(part.get("text") or part.get("refusal") or "" for item in self.output if item["type"] == "message"
                        for part in item["content"])
         summary = "".join(p["text"] for item in self.output if item["type"] == "reasoning" for p in item["summary"])
-        inputs, outputs = len(words(self.prompt)), len(words(text)) + len(words(summary)) + self.reasoning_tokens
+        searches = sum(item["type"] == "web_search_call" for item in self.output)
+        inputs, outputs = len(words(self.prompt)) + searches * self.model.search_input_tokens, len(words(text)) + len(words(summary)) + self.reasoning_tokens
         return {"input_tokens": inputs, "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
                 "output_tokens": outputs, "output_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
                 "total_tokens": inputs + outputs}
@@ -328,7 +339,7 @@ class Script:
             "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
             "instructions": request.get("instructions"), "metadata": request.get("metadata") or {},
             "parallel_tool_calls": request.get("parallel_tool_calls", True),
-            "temperature": None if self.model.reasoning else request.get("temperature", 1.0),
+            "temperature": request.get("temperature", 1.0) if self.model.takes_temperature else None,
             "top_p": request.get("top_p", 1.0), "tool_choice": request.get("tool_choice", "auto"),
             "tools": request.get("tools") or [], "store": request.get("store", True),
             "max_output_tokens": request.get("max_output_tokens"), "max_tool_calls": request.get("max_tool_calls"),
@@ -436,13 +447,13 @@ class Emulator:
         self.planned_failures: dict[str, list[dict]] = {}
         self._tasks: set[asyncio.Task] = set()
         self._completions: dict[str, asyncio.Task] = {}
-        self.app = Starlette(routes=[
+        self.app = self._network_faults(Starlette(routes=[
             Route("/v1/responses", self.create, methods=["POST"]),
             Route("/v1/responses/{id}", self.retrieve, methods=["GET"]),
             Route("/v1/responses/{id}/cancel", self.cancel, methods=["POST"]),
             Route("/_emulator/stats", self.stats, methods=["GET"]),
             Route("/_emulator/fail", self.plan_failure, methods=["POST"]),
-        ])
+        ]))
 
     def fail_next(self, operation: str, status: int, message: str = "Emulated failure", headers: dict | None = None,
                   code: str | None = None):
@@ -451,12 +462,26 @@ class Emulator:
         self.planned_failures.setdefault(operation, []).append(
             {"status": status, "message": message, "headers": headers, "code": code})
 
+    def _network_faults(self, app):
+        "The app, failing as a network does where a planned failure says so: before any answer is sent."
+        async def with_faults(scope, receive, send):
+            if scope["type"] == "http":
+                method, path = scope["method"], scope["path"]
+                operation = ("create" if path == "/v1/responses" else "cancel" if path.endswith("/cancel")
+                             else "retrieve" if method == "GET" and path.startswith("/v1/responses/") else None)
+                planned = self.planned_failures.get(operation) or [{}]
+                if planned[0].get("status") in (0, -1):
+                    self.calls[operation] += 1
+                    failure = planned.pop(0)
+                    if failure["status"] == 0: raise httpx2.ConnectError("emulated connection drop")
+                    raise httpx2.ReadTimeout("emulated timeout")
+            await app(scope, receive, send)
+        return with_faults
+
     def _planned_failure(self, operation: str):
         planned = self.planned_failures.get(operation)
         if not planned: return None
         failure = planned.pop(0)
-        if failure["status"] == 0: raise httpx2.ConnectError("emulated connection drop")
-        if failure["status"] == -1: raise httpx2.ReadTimeout("emulated timeout")
         if failure["status"] == 200: return PlainTextResponse(failure["message"])
         kind = {401: "invalid_request_error", 429: "rate_limit_error", 400: "invalid_request_error"}.get(failure["status"], "api_error")
         return Refused(failure["status"], failure["message"], failure["code"] or kind, code=failure["code"],
@@ -598,4 +623,4 @@ if __name__ == "__main__":
     emulator = Emulator(settings.emulator_webhook_url, settings.webhook_secret or settings.generated_secret,
                         settings.demo_delay_seconds, settings.demo_webhooks)
     logging.basicConfig(level=logging.INFO)
-    uvicorn.run(emulator.app, host="127.0.0.1", port=settings.emulator_port, log_level="warning")
+    uvicorn.run(emulator.app, host="127.0.0.1", port=settings.emulator_port, log_level="warning", timeout_graceful_shutdown=1)

@@ -61,6 +61,9 @@ class RateLimit:
         except Exception: return False
 
 
+def usd(amount: float) -> str: return f"${amount:.2f}" if amount >= 1 else f"${amount:.4f}"
+
+
 def next_midnight_utc(now: float) -> float:
     today = datetime.fromtimestamp(now, timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
     return (today + timedelta(days=1)).timestamp()
@@ -83,6 +86,6 @@ class Budgets:
             spent = await self.spent_today(store, of)
             if spent + reserve > budget:
                 wait = math.ceil(next_midnight_utc(time.time()) - time.time())
-                raise Limited(f"{whose} daily budget of ${budget:.2f} would be exceeded: ${spent:.2f} is spent or reserved "
-                              f"today and this prompt may cost up to ${reserve:.2f}. It resets at midnight UTC, in {wait} s.",
+                raise Limited(f"{whose} daily budget of {usd(budget)} would be exceeded: {usd(spent)} is spent or reserved "
+                              f"today and this prompt may cost up to {usd(reserve)}. It resets at midnight UTC, in {wait} s.",
                               wait, "budget_exceeded")

@@ -23,9 +23,14 @@ class Model:
     cached_input_per_m: float | None = None
     output_per_m: float | None = None
     web_search_per_1k: float | None = WEB_SEARCH_PER_1K
+    search_input_tokens: int = 0  # a fixed block of input tokens billed per web search (usage counts them)
+    temperature: bool = False  # a reasoning model that still takes `temperature`
 
     @property
     def reasoning(self) -> bool: return bool(self.efforts)
+
+    @property
+    def takes_temperature(self) -> bool: return self.temperature or not self.reasoning
 
     @property
     def web_search_tool(self) -> str:
@@ -43,15 +48,16 @@ MODELS = {model.name: model for model in (
     Model("gpt-5-mini", GPT5_EFFORTS, True, input_per_m=0.25, cached_input_per_m=0.025, output_per_m=2.0),
     Model("gpt-5", GPT5_EFFORTS, True, input_per_m=1.25, cached_input_per_m=0.125, output_per_m=10.0),
     Model("gpt-5-nano", GPT5_EFFORTS, True, input_per_m=0.05, cached_input_per_m=0.005, output_per_m=0.40),
-    Model("gpt-5.1", ("none", "low", "medium", "high"), True, input_per_m=1.25, cached_input_per_m=0.125, output_per_m=10.0),
+    Model("gpt-5.1", ("none", "low", "medium", "high"), True, input_per_m=1.25, cached_input_per_m=0.125, output_per_m=10.0,
+          temperature=True),
     Model("gpt-5.2", ("none", "low", "medium", "high", "xhigh"), True, input_per_m=1.75, cached_input_per_m=0.175,
-          output_per_m=14.0),
+          output_per_m=14.0, temperature=True),
     Model("o3", O_SERIES_EFFORTS, True, input_per_m=2.0, cached_input_per_m=0.5, output_per_m=8.0),
     Model("o4-mini", O_SERIES_EFFORTS, True, input_per_m=1.10, cached_input_per_m=0.275, output_per_m=4.40),
     Model("o3-deep-research", ("medium",), True, True, input_per_m=10.0, cached_input_per_m=2.5, output_per_m=40.0),
     Model("o4-mini-deep-research", ("medium",), True, True, input_per_m=2.0, cached_input_per_m=0.5, output_per_m=8.0),
     Model("gpt-4.1", input_per_m=2.0, cached_input_per_m=0.5, output_per_m=8.0),
-    Model("gpt-4.1-mini", input_per_m=0.40, cached_input_per_m=0.10, output_per_m=1.60),
+    Model("gpt-4.1-mini", input_per_m=0.40, cached_input_per_m=0.10, output_per_m=1.60, search_input_tokens=8000),
 )}
 
 

@@ -63,7 +63,8 @@ def retry_after_seconds(headers) -> int | None:
 
 class OpenAIGateway:
     """`AsyncOpenAI` with the app's key, base URL and webhook secret (in demo mode, those of the emulator)."""
-    create_timeout, read_timeout, webhook_read_timeout = 20.0, 10.0, 5.0  # create ends well within Vercel's 30 s
+    create_timeout, read_timeout, webhook_read_timeout = 20.0, 10.0, 5.0
+    stream_read_timeout = 90.0  # OpenAI may be silent a long while between a deep research run's events
 
     def __init__(self, api_key: str, base_url: str | None, webhook_secret: str, http_client: httpx2.AsyncClient | None = None):
         "`http_client` replaces the network (the emulator in demo mode and in tests)."
@@ -116,10 +117,33 @@ class OpenAIGateway:
             raise OpenAIError(502, f"The answer while {doing} was not a Responses API response: check OPENAI_BASE_URL",
                               "openai_bad_answer") from None
 
-    async def create(self, request: dict) -> ResponseState:
-        "Start a background response (`request`: the create parameters, tasks.create_request builds them)."
-        return await self._call("queueing the prompt", self.client.responses.with_raw_response.create, **request,
-                                background=True, store=True, timeout=self.create_timeout)
+    async def create(self, request: dict):
+        """Start a background response that streams (`request`: the create parameters, tasks builds them).
+        Returns its state, read from the stream's first event, and the stream, open on the events that follow."""
+        try:
+            stream = await self.client.responses.create(**request, background=True, store=True, stream=True,
+                                                        timeout=self.create_timeout)
+            first = await anext(stream.__aiter__(), None)
+        except openai.OpenAIError as exc: raise self._fail(exc, "queueing the prompt") from None
+        response = getattr(first, "response", None)
+        if response is None or not getattr(response, "id", None):
+            await stream.close()
+            raise OpenAIError(502, "The answer while queueing the prompt was not a Responses API response: check OPENAI_BASE_URL",
+                              "openai_bad_answer")
+        return state_of(response.model_dump(exclude_none=True)), stream
+
+    async def resume(self, response_id: str, after: int):
+        "The response's stream again, from the event after sequence number `after`."
+        try: return await self.client.responses.retrieve(response_id, stream=True, starting_after=after,
+                                                         timeout=self.stream_read_timeout)
+        except openai.OpenAIError as exc: raise self._fail(exc, "resuming the response's stream") from None
+
+    async def events(self, stream):
+        "The events of a stream (OpenAIError if it breaks); the stream is closed however the reading ends."
+        try:
+            async for event in stream: yield event
+        except openai.OpenAIError as exc: raise self._fail(exc, "reading the response's stream") from None
+        finally: await stream.close()
 
     async def retrieve(self, response_id: str, for_webhook: bool = False) -> ResponseState:
         return await self._call("checking the response", self.client.responses.with_raw_response.retrieve, response_id,

@@ -8,8 +8,14 @@ from access import with_owner
 from limiter import Limited
 from responses import page, retry_header
 from services import Services
+from store import TERMINAL
 
 RECENT_TASKS = 20
+
+
+async def running_progress(svc: Services, tasks: list[dict]) -> dict:
+    "The recorded progress of each task that runs, to draw its card as it is now."
+    return {t["id"]: await svc.tasks.progress.state_of(t["id"]) for t in tasks if t["status"] not in TERMINAL}
 
 
 @with_owner(may_create=True)
@@ -17,7 +23,16 @@ async def index(request: Request, owner: str) -> Response:
     svc = Services.of(request)
     tasks = await svc.tasks.read_many(await svc.store.list_for_owner(owner, RECENT_TASKS))
     spent = await svc.budgets.spent_today(svc.store, svc.gate.account(request, owner)) if svc.budgets.per_account else None
-    return page(ui.page(tasks, svc.settings, exposed=svc.exposed, signed_in=svc.gate.on, spent=spent))
+    return page(ui.page(tasks, await running_progress(svc, tasks), svc.settings, exposed=svc.exposed, signed_in=svc.gate.on,
+                        spent=spent))
+
+
+@with_owner()
+async def task_page(request: Request, owner: str) -> Response:
+    svc = Services.of(request)
+    task = await svc.tasks.read(request.path_params["task_id"], owner if svc.gate.on else None)
+    if task is None: return page(ui.layout(ui.missing_task(request.path_params["task_id"])), 404)
+    return page(ui.task_page(task, (await running_progress(svc, [task])).get(task["id"])))
 
 
 async def signin_page(request: Request) -> Response:

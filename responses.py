@@ -16,7 +16,8 @@ import ui
 from config import Settings
 from limiter import Limited, LimiterUnavailable
 from models import Model, model_named
-from store import RunningCapReached, StoreUnavailable
+from progress import sse
+from store import TERMINAL, RunningCapReached, StoreUnavailable
 from tasks import TASK_ID, QueueRequest
 
 log = logging.getLogger("app")
@@ -49,13 +50,21 @@ def task_json(task: dict) -> dict:
     return {**{name: task[name] for name in TASK_FIELDS}, "tools": task["tools"] or [], "sources": task["sources"] or [],
             "steps": task["steps"] or [], **{name: iso(task[name]) for name in ("created_at", "updated_at", "started_at",
                                                                                  "completed_at")},
-            "status_url": f"/api/status/{task['id']}"}
+            "status_url": f"/api/status/{task['id']}", "events_url": f"/api/events/{task['id']}"}
 
 
-def task_answer(request: Request, task: dict, status: int = 200) -> Response:
-    "The task: its card for htmx, its JSON for anything else."
-    if wants_html(request): return HTMLResponse(ui.card_html(task), status_code=status)
-    return JSONResponse(task_json(task), status_code=status)
+def progress_json(events, state, task: dict, ended: bool) -> bytes:
+    "Progress events as the contract streams them: JSON data, and last `done` with the final task."
+    chunks = [sse(event.kind, json.dumps(event.data), event.seq) for event in events]
+    if ended: chunks.append(sse("done", json.dumps(task_json(task)), state.last + 1))
+    return "".join(chunks).encode()
+
+
+def task_answer(request: Request, task: dict, progress=None, status: int = 200) -> Response:
+    "The task: its card for htmx (a running one drawn with its `progress`), its JSON for anything else."
+    if not wants_html(request): return JSONResponse(task_json(task), status_code=status)
+    if progress is not None and task["status"] not in TERMINAL: return fragment(ui.running_card(task, progress), status)
+    return HTMLResponse(ui.card_html(task), status_code=status)
 
 
 def page(ft, status: int = 200, headers: dict | None = None) -> HTMLResponse:

@@ -6,6 +6,7 @@ import httpx2
 from access import Gate
 from config import Settings
 from emulator import DatabaseRecords, Emulator
+from inprocess import StreamingASGITransport
 from limiter import Budgets, RateLimit
 from openai_client import OpenAIGateway
 from store import SqlTaskStore, store_for
@@ -35,7 +36,7 @@ class Services:
         if settings.demo:
             emulator = Emulator(webhook_target, secret, settings.demo_delay_seconds, settings.demo_webhooks,
                                 records=DatabaseRecords(store))
-            http_client = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=emulator.app))
+            http_client = httpx2.AsyncClient(transport=StreamingASGITransport(emulator.app))
         gateway = OpenAIGateway(settings.openai_api_key or "demo-mode", EMULATOR_BASE_URL if emulator else settings.base_url,
                                 secret, http_client)
         failed_signins = RateLimit(settings.signin_rate, settings.rate_limit_storage_url)
@@ -55,6 +56,7 @@ class Services:
         return self.settings.on_vercel and not self.settings.access_tokens and not self.settings.demo
 
     async def close(self):
+        await self.tasks.progress.close()
         await self.store.close()
         if self.emulator: await self.emulator.stop()
         await self.gateway.close()

@@ -28,7 +28,10 @@ TABLES = {
               ("incomplete_reason", TEXT), ("reasoning_summary", TEXT), ("sources", TEXT), ("citations", TEXT), ("steps", TEXT),
               ("usage", TEXT),
               ("cost_usd", DOUBLE), ("reserved_usd", DOUBLE), ("created_at", f"{DOUBLE} NOT NULL"),
-              ("updated_at", f"{DOUBLE} NOT NULL"), ("started_at", DOUBLE), ("completed_at", DOUBLE), ("checked_at", DOUBLE)],
+              ("updated_at", f"{DOUBLE} NOT NULL"), ("started_at", DOUBLE), ("completed_at", DOUBLE), ("checked_at", DOUBLE),
+              ("relay_holder", TEXT), ("relay_until", DOUBLE)],
+    "progress_events": [("task_id", "TEXT NOT NULL"), ("seq", "INTEGER NOT NULL"), ("kind", "TEXT NOT NULL"),
+                        ("data", "TEXT NOT NULL"), ("created_at", f"{DOUBLE} NOT NULL")],
     "webhook_events": [("id", "TEXT PRIMARY KEY"), ("received_at", f"{DOUBLE} NOT NULL"), ("done", "INTEGER NOT NULL DEFAULT 0")],
     "ended_sessions": [("id", "TEXT PRIMARY KEY"), ("expires_at", f"{DOUBLE} NOT NULL")],
     "emulated_responses": [("id", "TEXT PRIMARY KEY"), ("created_at", f"{DOUBLE} NOT NULL"), ("delay", f"{DOUBLE} NOT NULL"),
@@ -45,6 +48,7 @@ SCHEMA = [f"CREATE TABLE IF NOT EXISTS {table} ({', '.join(f'{name} {kind}' for 
     "CREATE INDEX IF NOT EXISTS tasks_by_account ON tasks (account, created_at)",
     "CREATE INDEX IF NOT EXISTS tasks_by_day ON tasks (created_at)",
     "CREATE INDEX IF NOT EXISTS webhook_events_age ON webhook_events (received_at)",
+    "CREATE UNIQUE INDEX IF NOT EXISTS progress_by_task ON progress_events (task_id, seq)",
 ]
 ADDED_DEFAULTS = {("webhook_events", "done"): "INTEGER NOT NULL DEFAULT 1"}
 WEBHOOK_CLAIM_STALE_SECONDS = 60
@@ -61,7 +65,9 @@ ATTACH_RESPONSE = ("UPDATE tasks SET response_id = :response_id, updated_at = :n
                    "WHERE id = :id AND response_id IS NULL")
 CLAIM_CHECK = (f"UPDATE tasks SET checked_at = :now WHERE id = :id AND {RANK_SQL} < 2 "
                "AND response_id IS NOT NULL AND (checked_at IS NULL OR checked_at <= :due)")
-SPENT_SQL = "COALESCE(SUM(COALESCE(cost_usd, reserved_usd, 0)), 0)"
+SPENT_SQL = f"COALESCE(SUM(COALESCE(cost_usd, CASE WHEN {RANK_SQL} < 2 THEN reserved_usd END, 0)), 0)"
+CLAIM_RELAY = (f"UPDATE tasks SET relay_holder = :holder, relay_until = :until WHERE id = :id AND {RANK_SQL} < 2 "
+               "AND response_id IS NOT NULL AND (relay_until IS NULL OR relay_until < :now OR relay_holder = :holder)")
 
 
 class StoreUnavailable(Exception):
@@ -261,6 +267,36 @@ class SqlTaskStore:
     async def cancel_emulated(self, response_id: str, at: float):
         await self._execute("UPDATE emulated_responses SET cancelled_at = :at WHERE id = :id AND cancelled_at IS NULL",
                             {"id": response_id, "at": at})
+
+    async def claim_relay(self, task_id: str, holder: str, seconds: float) -> bool:
+        "Take (or keep) the lease on reading a running task's stream: True for one holder at a time."
+        now = time.time()
+        return await self._execute(CLAIM_RELAY, {"id": task_id, "holder": holder, "until": now + seconds, "now": now}) == 1
+
+    async def release_relay(self, task_id: str, holder: str):
+        await self._execute("UPDATE tasks SET relay_until = NULL WHERE id = :id AND relay_holder = :holder",
+                            {"id": task_id, "holder": holder})
+
+    async def append_progress(self, task_id: str, events: list[tuple[int, str, str]]):
+        "Record progress events (sequence number, kind, JSON data) in one statement; one already recorded is kept."
+        if not events: return
+        params, rows = {"task_id": task_id, "now": time.time()}, []
+        for n, (seq, kind, data) in enumerate(events):
+            params.update({f"s{n}": seq, f"k{n}": kind, f"d{n}": data})
+            rows.append(f"(:task_id, :s{n}, :k{n}, :d{n}, :now)")
+        await self._execute(f"INSERT INTO progress_events (task_id, seq, kind, data, created_at) VALUES {', '.join(rows)} "
+                            "ON CONFLICT DO NOTHING", params)
+
+    async def progress_after(self, task_id: str, after: int) -> list[dict]:
+        "The recorded progress of a task after sequence number `after`, in order."
+        return await self._fetch("SELECT seq, kind, data FROM progress_events WHERE task_id = :task_id AND seq > :after "
+                                 "ORDER BY seq", {"task_id": task_id, "after": after})
+
+    async def progress_extent(self, task_id: str) -> tuple[int, int]:
+        "How many progress events a task has recorded, and the last one's sequence number (-1 for none)."
+        rows = await self._fetch("SELECT COUNT(*) AS n, MAX(seq) AS last FROM progress_events WHERE task_id = :task_id",
+                                 {"task_id": task_id})
+        return rows[0]["n"], -1 if rows[0]["last"] is None else rows[0]["last"]
 
     async def end_session(self, session_id: str, expires_at: float):
         "Remember a signed-out session until its cookie would have expired anyway."

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from config import Settings
 from models import SUMMARY, cost_bound_usd, cost_usd, model_named, tool_params
 from openai_client import OpenAIError, OpenAIGateway
+from progress import ProgressHub
 from results import ResponseState
 from store import ORPHAN_GRACE_SECONDS, TERMINAL, SqlTaskStore, new_task_row
 
@@ -70,6 +71,7 @@ class TaskService:
     def __init__(self, store: SqlTaskStore, gateway: OpenAIGateway, settings: Settings):
         self.store, self.gateway, self.settings = store, gateway, settings
         self.reconcile_seconds = settings.reconcile_seconds
+        self.progress = ProgressHub(store, gateway, self._record, relays_outlive_requests=not settings.on_vercel)
         self.orphan_wait = ORPHAN_WEBHOOK_WAIT_SECONDS if settings.webhook_secret and not settings.demo else ORPHAN_GRACE_SECONDS
 
     def create_request(self, task: dict) -> dict:
@@ -89,7 +91,8 @@ class TaskService:
 
     async def queue(self, owner: str, account: str, request: QueueRequest, max_running: int) -> tuple[dict, bool]:
         """Store the task (if the account's running cap allows: store.RunningCapReached if not), then create its
-        background response. Returns (task, created).
+        background response, whose stream this process then records (where work may outlive a request).
+        Returns (task, created).
 
         A known idempotency key returns the task it made and creates nothing (IdempotencyConflict if it was asked
         something else). If OpenAI refuses, the task is kept as failed with the reason (its key freed, so a retry
@@ -103,7 +106,7 @@ class TaskService:
             if task["request_digest"] not in (None, request.digest):
                 raise IdempotencyConflict("This Idempotency-Key was already used for a different request: use a new key")
             return task, False
-        try: state = await self.gateway.create(self.create_request(task))
+        try: state, stream = await self.gateway.create(self.create_request(task))
         except BaseException as exc:
             error = exc if isinstance(exc, OpenAIError) else None
             await self.store.advance(task["id"], "failed", error=error.message if error else INTERRUPTED_MESSAGE)
@@ -112,7 +115,10 @@ class TaskService:
             raise QueueRefused(await self.store.get(task["id"]), error) from None
         await self.store.attach_response(task["id"], state.id)
         await self._record(task, state)
-        return await self.store.get(task["id"]), True
+        task = await self.store.get(task["id"])
+        if self.progress.relays_outlive_requests: await self.progress.relay(task, stream)
+        else: await stream.close()
+        return task, True
 
     async def read(self, task_id: str, owner: str | None = None) -> dict | None:
         "The task, refreshed if due; None if it is unknown or, with `owner` given, not that owner's."

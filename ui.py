@@ -10,7 +10,8 @@ from fasthtml.common import (H1, A, Article, Body, Button, Details, Div, Fieldse
 
 from cache import BoundedCache
 from config import Settings
-from models import model_named
+from models import cost_usd, model_named
+from progress import ProgressState, sse
 from render import markdown_html
 from store import TERMINAL
 
@@ -78,11 +79,10 @@ def task_result(task: dict):
 def reasoning_and_steps(task: dict):
     "The reasoning summary and the tool calls, collapsed."
     steps = task["steps"] or []
-    return (Details(Summary("Reasoning summary"), Div(NotStr(markdown_html(task["reasoning_summary"])), cls="task-summary"))
+    return (Details(Summary("Reasoning summary"), Div(*summary_part(task["reasoning_summary"]), cls="task-summary"))
             if task["reasoning_summary"] else None,
-            Details(Summary(f"{len(steps)} step{'s' if len(steps) != 1 else ''}"),
-                    Ol(*[Li(STEP_LABELS.get(step["type"], step["type"]), ": " if step["detail"] else "", step["detail"] or "")
-                         for step in steps], cls="task-steps")) if steps else None)
+            Details(Summary(f"{len(steps)} step{'s' if len(steps) != 1 else ''}"), Ol(*steps_part(steps), cls="task-steps"))
+            if steps else None)
 
 
 def cancel_button(task: dict):
@@ -91,21 +91,71 @@ def cancel_button(task: dict):
                   cls="secondary outline cancel", hx_disabled_elt="this")
 
 
-def task_card(task: dict, timing_text: str | None = None):
-    "A task; while it runs it polls its status every 2 s and replaces itself, until it is terminal."
-    polling = {} if task["status"] in TERMINAL else {
-        "hx_get": f"/api/status/{task['id']}", "hx_trigger": "every 2s", "hx_swap": "outerHTML"}
+def card_header(task: dict, timing_text: str | None = None, live: bool = False):
     tools = f" · {', '.join(TOOL_LABELS.get(t, t) for t in task['tools'])}" if task["tools"] else ""
+    badge = Span(status_badge(task["status"]), sse_swap="status", hx_swap="innerHTML") if live else status_badge(task["status"])
+    since = {"data_elapsed_since": task["created_at"]} if live else {}
+    return Header(badge, Small(f" {task['model']}{model_effort(task)}{tools} · ", Span(timing_text or timing(task), **since),
+                               cls="task-meta"),
+                  A("Open", href=f"/tasks/{task['id']}", cls="task-link"), cancel_button(task))
+
+
+def prompt_details(task: dict):
+    return Details(Summary(task["prompt"][:120] + ("…" if len(task["prompt"]) > 120 else "")),
+                   Div(task["prompt"], cls="task-prompt"), cls="task-prompt-details")
+
+
+def task_card(task: dict, timing_text: str | None = None):
+    "A finished task: its answer, sources, summary, steps and usage."
+    return Article(card_header(task, timing_text), prompt_details(task), *reasoning_and_steps(task), task_result(task),
+                   usage_note(task), A("Export Markdown", href=f"/api/export/{task['id']}.md", cls="task-export"),
+                   id=f"task-{task['id']}", cls="task", data_task_id=task["id"], data_status=task["status"])
+
+
+def running_card(task: dict, progress: ProgressState):
+    """A running task, drawn with its progress so far, then kept up to date by its progress stream (htmx's SSE
+    extension): each part swaps in its own event, and `done` swaps in the finished card. If the stream fails,
+    the card reloads itself from the status route (and tries the stream again) every 2 s: polling only then."""
     return Article(
-        Header(status_badge(task["status"]),
-               Small(f" {task['model']}{model_effort(task)}{tools} · {timing_text or timing(task)}", cls="task-meta"),
-               cancel_button(task)),
-        Details(Summary(task["prompt"][:120] + ("…" if len(task["prompt"]) > 120 else "")),
-                Div(task["prompt"], cls="task-prompt"), cls="task-prompt-details"),
-        *reasoning_and_steps(task),
-        task_result(task),
-        usage_note(task),
-        id=f"task-{task['id']}", cls="task", data_task_id=task["id"], **polling)
+        card_header(task, live=True), prompt_details(task),
+        Details(Summary("Reasoning summary"), Div(*summary_part(progress.summary), sse_swap="reasoning_summary.delta",
+                                                  hx_swap="innerHTML", cls="task-summary")),
+        Details(Summary("Steps"), Ol(*steps_part(progress.steps), sse_swap="step", hx_swap="innerHTML", cls="task-steps")),
+        Div(*answer_part(task, progress.text), sse_swap="output_text.delta", hx_swap="innerHTML", cls="task-live"),
+        id=f"task-{task['id']}", cls="task running", data_task_id=task["id"], data_status=task["status"],
+        hx_ext="sse", sse_connect=f"/api/events/{task['id']}?format=html&after={progress.last}", sse_close="done",
+        sse_swap="done", hx_swap="outerHTML", hx_get=f"/api/status/{task['id']}", hx_trigger="htmx:sseError delay:2s")
+
+
+def summary_part(summary: str):
+    return (NotStr(markdown_html(summary)),) if summary else (Small("Nothing yet.", cls="muted"),)
+
+
+def steps_part(steps: list[dict]):
+    return tuple(Li(STEP_LABELS.get(step["type"], step["type"]), ": " if step.get("detail") else "", step.get("detail") or "")
+                 for step in steps)
+
+
+def answer_part(task: dict, text: str):
+    "The answer so far, rendered, and what it has cost so far (an estimate from the model's price)."
+    so_far = cost_usd(model_named(task["model"]), {"input_tokens": len(task["prompt"]) // 4, "output_tokens": len(text) // 4})
+    return (Div(NotStr(markdown_html(text)), cls="task-output") if text else Small("The answer appears here as it is written.",
+                                                                                   cls="muted"),
+            Small(f"≈ ${so_far:.4f} so far (estimate)", cls="task-usage") if so_far is not None else None)
+
+
+def progress_html(events, state: ProgressState, task: dict, ended: bool) -> bytes:
+    "The page's progress stream: each changed part of a running card as HTML, and `done` as the finished card."
+    if ended: return sse("done", card_html(task), state.last + 1).encode()
+    kinds = {event.kind: event.seq for event in events}
+    parts = {"status": lambda: status_badge(state.status), "reasoning_summary.delta": lambda: summary_part(state.summary),
+             "step": lambda: steps_part(state.steps), "output_text.delta": lambda: answer_part(task, state.text)}
+    return "".join(sse(kind, to_xml(draw()), kinds[kind]) for kind, draw in parts.items() if kind in kinds).encode()
+
+
+def card(task: dict, progress: ProgressState | None = None):
+    "A task's card: the running card while it runs (given its progress), else the finished one."
+    return running_card(task, progress) if progress is not None and task["status"] not in TERMINAL else task_card(task)
 
 
 TIMING_SLOT = "timing-" + secrets.token_hex(8)
@@ -113,7 +163,8 @@ _cards = BoundedCache(max_bytes=32 * 1024 * 1024)
 
 
 def card_html(task: dict) -> str:
-    "The card as HTML. Each state of a task is rendered once; only its timing text, which moves while it runs, is filled in per request."
+    """A finished card (or a running one without its progress) as HTML. Each state of a task is rendered once; only
+    its timing text, which moves while it runs, is filled in per request."""
     key = (task["id"], task["updated_at"], task["status"])
     template = _cards.get(key) or _cards.put(key, to_xml(task_card(task, timing_text=TIMING_SLOT)))
     return template.replace(TIMING_SLOT, html.escape(timing(task)), 1)
@@ -184,8 +235,8 @@ def demo_banner():
              cls="demo-banner", id="demo-banner")
 
 
-def task_list(tasks: list[dict]):
-    return Section(*[task_card(t) for t in tasks], id="tasks", aria_live="polite")
+def task_list(tasks: list[dict], progress: dict[str, ProgressState]):
+    return Section(*[card(t, progress.get(t["id"])) for t in tasks], id="tasks", aria_live="polite")
 
 
 def exposed_banner():
@@ -205,25 +256,35 @@ def layout(*content):
              Meta(name="viewport", content="width=device-width, initial-scale=1"),
              Meta(name="htmx-config", content=json.dumps(HTMX_CONFIG)),
              Link(rel="stylesheet", href="/static/vendor/pico.min.css"),
-             Link(rel="stylesheet", href="/static/app.css"),
-             Script(src="/static/vendor/htmx.min.js", defer=True)),
+             Link(rel="stylesheet", href="/static/app.css"), Link(rel="icon", href="data:,"),
+             Script(src="/static/vendor/htmx.min.js", defer=True), Script(src="/static/vendor/sse.js", defer=True),
+             Script(src="/static/app.js", defer=True)),
         Body(Main(*content, cls="container")),
         lang="en")
 
 
-def page(tasks: list[dict], settings: Settings, exposed=False, signed_in=False, spent: float | None = None):
+def page(tasks: list[dict], progress: dict[str, ProgressState], settings: Settings, exposed=False, signed_in=False,
+         spent: float | None = None):
     return layout(
         Header(H1("Background prompts"),
                P("Queue a long prompt as an OpenAI background response. You may close this tab: "
                  "the result is kept, and shown here when it is ready."),
+               Button("Notify me when a task ends", type="button", id="notify", cls="secondary outline notify", hidden=True),
                signout_form() if signed_in else None),
         demo_banner() if settings.demo else None,
         exposed_banner() if exposed else None,
         spend_note(spent, settings.daily_budget_usd),
         prompt_form(settings),
         form_error(),
-        task_list(tasks),
+        task_list(tasks, progress),
         Footer(Small(A("health", href="/health"), " · ", "JSON API: POST /api/queue, GET /api/status/{id}, GET /api/tasks")))
+
+
+def task_page(task: dict, progress: ProgressState | None):
+    "One task: its whole result, sources, summary, steps, usage and cost, or its progress while it runs."
+    return layout(Header(H1("Background prompts"), P(A("← All tasks", href="/"))),
+                  Div(card(task, progress), Details(Summary("Prompt"), Div(task["prompt"], cls="task-prompt"), open=True),
+                      cls="task-page"))
 
 
 def signin_page(error: str = ""):

@@ -25,11 +25,14 @@ SESSION_KEY_FILE = Path("data/.sesskey")
 
 ROUTES = [
     Route("/", pages.index, methods=["GET"]),
+    Route("/tasks/{task_id}", pages.task_page, methods=["GET"]),
     Route("/signin", pages.signin_page, methods=["GET"]),
     Route("/signin", pages.signin, methods=["POST"]),
     Route("/signout", pages.signout, methods=["POST"]),
     Route("/api/queue", api.queue, methods=["POST"]),
     Route("/api/status/{task_id}", api.status, methods=["GET"]),
+    Route("/api/events/{task_id}", api.events, methods=["GET"]),
+    Route("/api/export/{task_id}.md", api.export, methods=["GET"]),
     Route("/api/cancel/{task_id}", api.cancel, methods=["POST"]),
     Route("/api/tasks", api.list_tasks, methods=["GET"]),
     Route("/api/webhook", api.webhook, methods=["POST"]),

@@ -17,6 +17,7 @@ sys.path.insert(0, str(ROOT))
 
 from config import Settings, new_webhook_secret  # noqa: E402
 from emulator import Emulator, signed_headers  # noqa: E402
+from inprocess import StreamingASGITransport  # noqa: E402
 from web import create_app  # noqa: E402
 
 PG_URL = os.environ.get("TEST_DATABASE_URL", "")
@@ -91,7 +92,7 @@ class AppHarness:
 
     def __init__(self, app, emulator=None):
         self.app = app
-        self.client = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url="http://testserver")
+        self.client = httpx2.AsyncClient(transport=StreamingASGITransport(app), base_url="http://testserver")
         self.services = app.state.services
         self.emulator = emulator or self.services.emulator
         self.secret = self.services.gateway.webhook_secret
@@ -112,6 +113,11 @@ class AppHarness:
             task = await (await self.store()).get(task_id)
             return task if task["status"] == wanted else None
         return await wait_for(reached, timeout)
+
+    def without_relay(self):
+        "Record no stream: a task then ends only through its webhook or reconcile (as on Vercel, with no viewer)."
+        self.services.tasks.progress.relays_outlive_requests = False
+        return self
 
     async def openai_status_is(self, response_id: str, wanted: str) -> bool:
         "Whether OpenAI (the emulator) now says the response has `wanted` status."
@@ -144,7 +150,7 @@ async def make_openai_harness(settings):
         openai_settings = replace(settings, openai_api_key="sk-proj-TESTKEY0123456789abcdef", webhook_secret=new_webhook_secret(),
                                   base_url="http://emulator.test/v1", **overrides)
         emulator = Emulator(None, openai_settings.webhook_secret, openai_settings.demo_delay_seconds)
-        http_client = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=emulator.app))
+        http_client = httpx2.AsyncClient(transport=StreamingASGITransport(emulator.app))
         app = create_app(openai_settings, http_client=http_client)
         emulator.webhook_target = app
         made.append(AppHarness(app, emulator))
@@ -201,7 +207,10 @@ class LiveServer:
     def stop(self):
         if self.process.poll() is None:
             self.process.terminate()
-            self.process.wait(10)
+            try: self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ def assert_error_shape(response, status):
 
 
 async def test_queue_json_completes_through_the_signed_webhook(harness):
+    harness.without_relay()
     response = await harness.queue("Summarise the history of tide tables")
     assert response.status_code == 202
     task = response.json()
@@ -37,21 +38,23 @@ async def test_queue_accepts_form_bodies(harness, encoding):
     assert response.json()["prompt"] == "Plan a garden"
 
 
-async def test_htmx_fragments_poll_until_terminal_then_stop(harness):
+async def test_htmx_cards_follow_the_progress_stream_until_terminal_then_stop(make_harness):
+    harness = await make_harness(demo_delay_seconds=3)
     hx = {"HX-Request": "true"}
     response = await harness.client.post("/api/queue", data={"prompt": "<script>alert(1)</script>"}, headers=hx)
     assert response.status_code == 202
     assert response.headers["content-type"].startswith("text/html")
     html = response.text
-    assert "<html" not in html and 'hx-trigger="every 2s"' in html
+    assert "<html" not in html and "every 2s" not in html
+    assert 'sse-connect="/api/events/' in html and 'sse-close="done"' in html and 'hx-trigger="htmx:sseError delay:2s"' in html
     assert "<script>alert(1)</script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert 'hx-swap-oob="true"' in html and 'id="prompt-form"' in html
     task_id = html.split('data-task-id="')[1].split('"')[0]
     running = (await harness.status(task_id, headers=hx)).text
-    assert 'hx-trigger="every 2s"' in running
-    await harness.wait_status(task_id, "completed")
+    assert 'sse-connect="/api/events/' in running
+    await harness.wait_status(task_id, "completed", timeout=15)
     final = (await harness.status(task_id, headers=hx)).text
-    assert "hx-trigger" not in final and "hx-get" not in final
+    assert "hx-trigger" not in final and "hx-get" not in final and "sse-connect" not in final
     assert "Completed" in final and "&lt;script&gt;" in final and "<script>" not in final
 
 

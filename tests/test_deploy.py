@@ -24,11 +24,12 @@ def servers():
 
 
 def test_two_processes_on_one_database_stay_consistent(tmp_path, database_url, servers):
-    """Queued through A, its webhook delivered to B, read from both: one consistent state, one retrieve."""
+    """Queued through A (which records its stream), its webhook delivered to B, read from both: one consistent state,
+    and at most one retrieve (none when A's stream recorded the end before the webhook came)."""
     secret, a_port, b_port, emulator_port = new_webhook_secret(), free_port(), free_port(), free_port()
     servers.append(LiveServer(tmp_path, "emulator.py", "EMULATOR_PORT", "/_emulator/stats", port=emulator_port,
                               EMULATOR_WEBHOOK_URL=f"http://127.0.0.1:{b_port}/api/webhook",
-                              OPENAI_WEBHOOK_SECRET=secret, DEMO_DELAY_SECONDS="1"))
+                              OPENAI_WEBHOOK_SECRET=secret, DEMO_DELAY_SECONDS="3"))
     app_env = {"OPENAI_API_KEY": "sk-multi-process-test", "OPENAI_WEBHOOK_SECRET": secret, "DATABASE_URL": database_url,
                "OPENAI_BASE_URL": f"http://127.0.0.1:{emulator_port}/v1", "RECONCILE_SECONDS": "3600",
                "APP_ACCESS_TOKENS": "multi-token"}
@@ -42,7 +43,7 @@ def test_two_processes_on_one_database_stay_consistent(tmp_path, database_url, s
     assert status(a) == status(b) and status(a)["output_text"].startswith("[Demo mode]")
     assert httpx2.get(f"{a.url}/api/tasks", headers=auth).json()["tasks"][0]["id"] == task["id"]
     stats = httpx2.get(f"http://127.0.0.1:{emulator_port}/_emulator/stats").json()
-    assert stats["calls"]["retrieve"] == 1 and stats["deliveries"] == 1
+    assert stats["calls"].get("retrieve", 0) <= 1 and stats["deliveries"] == 1
 
 
 def test_concurrent_webhooks_to_two_processes_have_one_effect(tmp_path, database_url, servers):

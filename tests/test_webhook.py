@@ -18,6 +18,7 @@ def event(response_id="resp_unknown", kind="response.completed"):
 
 async def queued_task(harness, **kw):
     harness.emulator.deliver_webhooks = False
+    harness.without_relay()
     task = (await harness.queue(**kw)).json()
     return task, (await (await harness.store()).get(task["id"]))["response_id"]
 

@@ -1,0 +1,280 @@
+"""The recorded progress of running tasks and its live relay to viewers.
+
+One relay per task (a lease in the store says whose) reads OpenAI's stream of the response into the store's
+progress log: status changes, answer and reasoning-summary text (deltas coalesced, a few writes a second), and
+steps (web searches, file searches, tool calls). Each recorded event's id is the sequence number of the last
+OpenAI event it holds, so a relay that dies is resumed by the next one from `starting_after` that id: nothing
+lost, nothing doubled. One follower per task per process reads the log (woken by a relay in this process, or
+polling one elsewhere) and fans each batch out to its viewers, formatted once per batch for all of them.
+The log is a bonus for viewers: the task's end is still recorded by the webhook and by reconcile-on-read.
+"""
+import asyncio
+import json
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+
+from openai_client import OpenAIError, OpenAIGateway
+from results import step_of, state_of
+from store import TERMINAL, SqlTaskStore
+
+log = logging.getLogger("progress")
+FLUSH_SECONDS = 0.2
+LEASE_SECONDS = 15.0
+FOLLOW_POLL_SECONDS = 0.5
+PUBLISH_GAP_SECONDS = 0.25
+MAX_EVENTS_PER_TASK = 5_000
+RESUME_ATTEMPTS = 5
+STATUS_EVENTS = {f"response.{s}" for s in ("created", "queued", "in_progress", *TERMINAL)}
+
+
+@dataclass
+class ProgressEvent:
+    seq: int
+    kind: str
+    data: dict
+
+
+def sse(kind: str, data: str, event_id: int) -> str:
+    "One Server-Sent Event (each line of `data` its own `data:` line)."
+    lines = "".join(f"data: {line}\n" for line in data.split("\n"))
+    return f"id: {event_id}\nevent: {kind}\n{lines}\n"
+
+
+def decoded(row: dict) -> ProgressEvent: return ProgressEvent(row["seq"], row["kind"], json.loads(row["data"]))
+
+
+@dataclass
+class ProgressState:
+    "What the events of a task add up to: its status, answer and summary so far, and its steps."
+    status: str = "queued"
+    text: str = ""
+    summary: str = ""
+    steps: list[dict] = field(default_factory=list)
+    last: int = -1
+
+    def apply(self, events: list[ProgressEvent]):
+        for event in events:
+            if event.kind == "status": self.status = event.data["status"]
+            elif event.kind == "output_text.delta": self.text += event.data["delta"]
+            elif event.kind == "reasoning_summary.delta": self.summary += event.data["delta"]
+            elif event.kind == "step": self.steps.append(event.data)
+            self.last = max(self.last, event.seq)
+
+
+class Recorder:
+    "Turns OpenAI's stream events into progress events, merging consecutive deltas of one kind into one."
+
+    def __init__(self, after: int = -1):
+        self.pending: list[ProgressEvent] = []
+        self.seq, self.summary_started = after, False
+
+    def add(self, event):
+        "Take one stream event; returns the response's final state when the event ends it."
+        kind, seq = getattr(event, "type", ""), getattr(event, "sequence_number", None)
+        if not isinstance(seq, int) or seq <= self.seq: return None
+        self.seq = seq
+        if kind == "response.output_text.delta": self._delta("output_text.delta", event.delta, seq)
+        elif kind == "response.reasoning_summary_text.delta":
+            self._delta("reasoning_summary.delta", event.delta, seq)
+            self.summary_started = True
+        elif kind == "response.reasoning_summary_part.added" and self.summary_started:
+            self._delta("reasoning_summary.delta", "\n\n", seq)
+        elif kind == "response.output_item.done" and (step := step_of(event.item.model_dump(exclude_none=True))):
+            self.pending.append(ProgressEvent(seq, "step", step))
+        elif kind in STATUS_EVENTS:
+            self.pending.append(ProgressEvent(seq, "status", {"status": event.response.status}))
+            if event.response.status in TERMINAL: return state_of(event.response.model_dump(exclude_none=True))
+        return None
+
+    def _delta(self, kind: str, text: str, seq: int):
+        if self.pending and self.pending[-1].kind == kind:
+            self.pending[-1].data["delta"] += text
+            self.pending[-1].seq = seq
+        else: self.pending.append(ProgressEvent(seq, kind, {"delta": text}))
+
+    def take(self) -> list[ProgressEvent]:
+        taken, self.pending = self.pending, []
+        return taken
+
+
+class Relay:
+    "Reads one task's OpenAI stream into the log while it holds the task's lease."
+
+    def __init__(self, hub: "ProgressHub", task: dict, stream=None):
+        self.hub, self.task, self.stream = hub, task, stream
+        self.recorder, self.recorded = Recorder(), 0
+
+    async def run(self):
+        task_id = self.task["id"]
+        self.recorded, self.recorder.seq = await self.hub.store.progress_extent(task_id)
+        flusher = asyncio.create_task(self._flush_every())
+        try: await self._read()
+        except OpenAIError as exc: log.info("progress stream of %s stopped: %s", task_id, exc.message)
+        finally:
+            flusher.cancel()
+            await self._flush()
+            await self.hub.store.release_relay(task_id, self.hub.holder)
+
+    async def _read(self):
+        for attempt in range(RESUME_ATTEMPTS):
+            stream = self.stream or await self.hub.gateway.resume(self.task["response_id"], self.recorder.seq)
+            self.stream = None
+            async for event in self.hub.gateway.events(stream):
+                if (final := self.recorder.add(event)) is not None:
+                    await self._flush()
+                    await self.hub.record(self.task, final)
+                    self.hub.wake(self.task["id"])
+                    return
+            current = await self.hub.store.get(self.task["id"])
+            if current is None or current["status"] in TERMINAL: return
+            await asyncio.sleep(min(2 ** attempt, 10))  # OpenAI closed the stream early: resume after a pause
+
+    async def _flush(self):
+        events = self.recorder.take()
+        if self.recorded >= MAX_EVENTS_PER_TASK: events = [e for e in events if e.kind in ("status", "step")]
+        if not events: return
+        await self.hub.store.append_progress(self.task["id"], [(e.seq, e.kind, json.dumps(e.data)) for e in events])
+        self.recorded += len(events)
+        self.hub.wake(self.task["id"])
+
+    async def _flush_every(self):
+        renewed = time.monotonic()
+        while True:
+            await asyncio.sleep(FLUSH_SECONDS)
+            await self._flush()
+            if time.monotonic() - renewed > LEASE_SECONDS / 3:
+                renewed = time.monotonic()
+                if not await self.hub.store.claim_relay(self.task["id"], self.hub.holder, LEASE_SECONDS):
+                    log.warning("lost the relay lease of %s", self.task["id"])
+                    self.hub.relays.get(self.task["id"], asyncio.current_task()).cancel()
+
+
+class Follower:
+    """Reads one task's log for this process's viewers and hands each of them every new batch, formatted once per
+    format in use (`format(events, state, task, ended)` -> bytes); ends once the task has, and stops when its last
+    viewer leaves."""
+
+    def __init__(self, hub: "ProgressHub", task_id: str):
+        self.hub, self.task_id = hub, task_id
+        self.viewers: set["Viewer"] = set()
+        self.state, self.woken = ProgressState(), asyncio.Event()
+        self.started = asyncio.get_running_loop().create_future()
+
+    async def run(self):
+        try:
+            self.state.apply([decoded(r) for r in await self.hub.store.progress_after(self.task_id, -1)])
+            self.started.set_result(None)
+            while self.viewers:
+                try: await asyncio.wait_for(self.woken.wait(), FOLLOW_POLL_SECONDS)
+                except asyncio.TimeoutError: pass
+                self.woken.clear()
+                if await self._publish(): return
+                await asyncio.sleep(PUBLISH_GAP_SECONDS)
+        except Exception as exc:
+            if not self.started.done(): self.started.set_exception(exc)
+            for viewer in self.viewers: viewer.inbox.put_nowait(Batch(self.state.last, b"", True))
+            raise
+        finally: self.hub.followers.pop(self.task_id, None)
+
+    async def _publish(self) -> bool:
+        """Hand the new events to every viewer; True once the task has ended (and `done` was handed). Nothing is
+        awaited between moving `state.last` and handing the batch, so a batch is wholly before or after it."""
+        task = await self.hub.store.get(self.task_id)
+        if task is None:
+            for viewer in self.viewers: viewer.inbox.put_nowait(Batch(self.state.last, b"", True))
+            return True
+        ended = task["status"] in TERMINAL
+        events = [decoded(r) for r in await self.hub.store.progress_after(self.task_id, self.state.last)]
+        self.state.apply(events)
+        if events or ended:
+            formatted = {}
+            for viewer in self.viewers:
+                if viewer.format not in formatted: formatted[viewer.format] = viewer.format(events, self.state, task, ended)
+                viewer.inbox.put_nowait(Batch(self.state.last, formatted[viewer.format], ended))
+        return ended
+
+
+@dataclass
+class Batch:
+    last: int
+    chunk: bytes
+    ended: bool
+
+
+@dataclass(eq=False)
+class Viewer:
+    format: object
+    inbox: asyncio.Queue = field(default_factory=asyncio.Queue)
+
+
+class ProgressHub:
+    """This process's relays and followers. `record(task, state)` records a final state the stream brought;
+    `relays_outlive_requests`: False on Vercel, where no work may run after a response (a relay then lives only
+    as long as the viewer's request that started it; the next request takes over)."""
+
+    def __init__(self, store: SqlTaskStore, gateway: OpenAIGateway, record, relays_outlive_requests: bool = True):
+        self.store, self.gateway, self.record = store, gateway, record
+        self.relays_outlive_requests = relays_outlive_requests
+        self.holder = "relay_" + secrets.token_hex(8)
+        self.relays: dict[str, asyncio.Task] = {}
+        self.followers: dict[str, Follower] = {}
+
+    async def close(self):
+        "Stop this process's relays (each records what it read first) and followers."
+        running = [*self.relays.values(), *(f.task for f in self.followers.values())]
+        for task in running: task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+
+    def wake(self, task_id: str):
+        if follower := self.followers.get(task_id): follower.woken.set()
+
+    async def relay(self, task: dict, stream=None) -> asyncio.Task | None:
+        "Start reading the task's stream here if no one else does (the lease decides); the relay's task if started."
+        if task["id"] in self.relays or task["status"] in TERMINAL or not task["response_id"]:
+            if stream is not None: await stream.close()
+            return None
+        if not await self.store.claim_relay(task["id"], self.holder, LEASE_SECONDS):
+            if stream is not None: await stream.close()
+            return None
+        relay = asyncio.create_task(Relay(self, task, stream).run())
+        self.relays[task["id"]] = relay
+        relay.add_done_callback(lambda done: self.relays.pop(task["id"], None))
+        return relay
+
+    async def state_of(self, task_id: str) -> ProgressState:
+        "What a task's recorded progress adds up to (for a page drawn while it runs)."
+        state = ProgressState()
+        state.apply([decoded(r) for r in await self.store.progress_after(task_id, -1)])
+        return state
+
+    async def watch(self, task: dict, after: int, format, quiet_seconds: float):
+        """The task's progress for one viewer as formatted chunks: what was recorded after `after`, then what comes,
+        ending with `done`; None after `quiet_seconds` without any (for a keep-alive). Starts a relay if the task's
+        has died. Nothing stays running for the viewer once it leaves (closes this generator)."""
+        viewer = Viewer(format)
+        follower = self.followers.get(task["id"])
+        if follower is None:
+            follower = self.followers[task["id"]] = Follower(self, task["id"])
+            follower.task = asyncio.create_task(follower.run())
+        follower.viewers.add(viewer)
+        relay = await self.relay(task)
+        try:
+            await follower.started
+            boundary, ended = follower.state.last, task["status"] in TERMINAL
+            recorded = [decoded(r) for r in await self.store.progress_after(task["id"], -1)]
+            state = ProgressState()
+            state.apply([e for e in recorded if e.seq <= boundary])
+            replay = [e for e in recorded if after < e.seq <= boundary]
+            if replay or ended: yield format(replay, state, task, ended)
+            while not ended:
+                try: batch = await asyncio.wait_for(viewer.inbox.get(), quiet_seconds)
+                except asyncio.TimeoutError:
+                    yield None
+                    continue
+                if batch.last > boundary or batch.ended: yield batch.chunk
+                ended = batch.ended
+        finally:
+            follower.viewers.discard(viewer)
+            if relay is not None and not self.relays_outlive_requests: relay.cancel()
