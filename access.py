@@ -98,8 +98,11 @@ class Gate:
         return session["owner"]
 
     def account(self, request: Request, owner: str) -> str:
-        "Whose allowance a queueing spends: a token's, however many sessions signed in with it."
-        return "signin_" + request.session["signed_in"] if self.on and owner.startswith("browser_") else owner
+        """Whose allowance a queueing spends (rate, running cap, budget): a token's, whether it comes as a Bearer
+        header or through any number of sessions signed in with it; the owner's where the app is open."""
+        if not self.on: return owner
+        token = self.bearer_token(request)
+        return "account_" + (self._signed_in_mark(token) if token is not None else request.session["signed_in"])
 
     async def sign_in(self, request: Request, token) -> bool:
         """Start a signed-in session for a right token. Limited while the caller's address has too many wrong

@@ -445,6 +445,7 @@ class Emulator:
         self.open_streams: Counter = Counter()
         self.deliveries: list[dict] = []
         self.planned_failures: dict[str, list[dict]] = {}
+        self.cut_streams_after: int | None = None  # end every stream after this many events, as a dropped stream would
         self._tasks: set[asyncio.Task] = set()
         self._completions: dict[str, asyncio.Task] = {}
         self.app = self._network_faults(Starlette(routes=[
@@ -527,7 +528,8 @@ class Emulator:
         "The script's events as time reaches them; a cancel (seen in the records) ends the stream."
         self.open_streams[record.id] += 1
         try:
-            for when, event in record.script.stream(after):
+            for sent, (when, event) in enumerate(record.script.stream(after)):
+                if self.cut_streams_after is not None and sent >= self.cut_streams_after: return
                 while (wait := when - time.time()) > 0:
                     await asyncio.sleep(min(wait, 0.5))
                     current = await self.records.get(record.id)

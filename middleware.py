@@ -1,5 +1,7 @@
 """ASGI middleware that runs before any handler reads a request. Each refuses through `refuse(scope, status,
 message, kind)`, which answers in the contract's error shape (responses.refusal)."""
+import re
+
 from starlette.datastructures import Headers
 
 from access import is_cross_site
@@ -17,8 +19,9 @@ class AllowedHosts:
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and "*" not in self.hosts:
             host = Headers(scope=scope).get("host", "").lower()
-            name = host[:host.index("]") + 1] if host.startswith("[") and "]" in host else host.rsplit(":", 1)[0]
-            if name not in self.hosts:
+            shape = re.fullmatch(r"(\[[0-9a-f:.]+\]|[a-z0-9_.-]+)(:[0-9]{1,5})?", host)
+            name = shape.group(1) if shape else host
+            if shape is None or name not in self.hosts:
                 message = f"This app does not answer to the host {name[:100]!r}: add it to ALLOWED_HOSTS"
                 return await self.refuse(scope, 400, message, "host_not_allowed")(scope, receive, send)
         await self.app(scope, receive, send)

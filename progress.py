@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 
 from openai_client import OpenAIError, OpenAIGateway
 from results import step_of, state_of
-from store import TERMINAL, SqlTaskStore
+from store import TERMINAL, SqlTaskStore, StoreUnavailable
 
 log = logging.getLogger("progress")
 FLUSH_SECONDS = 0.2
-LEASE_SECONDS = 15.0
+LEASE_SECONDS = 6.0
 FOLLOW_POLL_SECONDS = 0.5
 PUBLISH_GAP_SECONDS = 0.25
 MAX_EVENTS_PER_TASK = 5_000
@@ -112,15 +112,18 @@ class Relay:
         flusher = asyncio.create_task(self._flush_every())
         try: await self._read()
         except OpenAIError as exc: log.info("progress stream of %s stopped: %s", task_id, exc.message)
+        except StoreUnavailable as exc: log.warning("progress of %s not recorded: %s", task_id, exc)
         finally:
             flusher.cancel()
             await self._flush()
             await self.hub.store.release_relay(task_id, self.hub.holder)
 
     async def _read(self):
-        for attempt in range(RESUME_ATTEMPTS):
+        "Read until the response ends; a stream OpenAI closes early is resumed (after a pause if it brought nothing)."
+        fruitless = 0
+        while fruitless < RESUME_ATTEMPTS:
             stream = self.stream or await self.hub.gateway.resume(self.task["response_id"], self.recorder.seq)
-            self.stream = None
+            self.stream, before = None, self.recorder.seq
             async for event in self.hub.gateway.events(stream):
                 if (final := self.recorder.add(event)) is not None:
                     await self._flush()
@@ -129,7 +132,8 @@ class Relay:
                     return
             current = await self.hub.store.get(self.task["id"])
             if current is None or current["status"] in TERMINAL: return
-            await asyncio.sleep(min(2 ** attempt, 10))  # OpenAI closed the stream early: resume after a pause
+            fruitless = 0 if self.recorder.seq > before else fruitless + 1
+            await asyncio.sleep(min(2 ** fruitless - 1, 10))
 
     async def _flush(self):
         events = self.recorder.take()
@@ -147,7 +151,7 @@ class Relay:
             if time.monotonic() - renewed > LEASE_SECONDS / 3:
                 renewed = time.monotonic()
                 if not await self.hub.store.claim_relay(self.task["id"], self.hub.holder, LEASE_SECONDS):
-                    log.warning("lost the relay lease of %s", self.task["id"])
+                    log.info("the relay of %s stops: the task ended, or another process holds its lease", self.task["id"])
                     self.hub.relays.get(self.task["id"], asyncio.current_task()).cancel()
 
 
@@ -163,10 +167,14 @@ class Follower:
         self.started = asyncio.get_running_loop().create_future()
 
     async def run(self):
+        "Follow the log while anyone watches; meanwhile keep a relay going (here, if no other process holds the lease)."
+        relay, claimed_at = None, 0.0
         try:
             self.state.apply([decoded(r) for r in await self.hub.store.progress_after(self.task_id, -1)])
             self.started.set_result(None)
             while self.viewers:
+                if time.monotonic() - claimed_at > LEASE_SECONDS / 2 and (task := await self.hub.store.get(self.task_id)):
+                    relay, claimed_at = await self.hub.relay(task) or relay, time.monotonic()
                 try: await asyncio.wait_for(self.woken.wait(), FOLLOW_POLL_SECONDS)
                 except asyncio.TimeoutError: pass
                 self.woken.clear()
@@ -176,7 +184,9 @@ class Follower:
             if not self.started.done(): self.started.set_exception(exc)
             for viewer in self.viewers: viewer.inbox.put_nowait(Batch(self.state.last, b"", True))
             raise
-        finally: self.hub.followers.pop(self.task_id, None)
+        finally:
+            self.hub.followers.pop(self.task_id, None)
+            if relay is not None and not self.hub.relays_outlive_requests: relay.cancel()
 
     async def _publish(self) -> bool:
         """Hand the new events to every viewer; True once the task has ended (and `done` was handed). Nothing is
@@ -251,15 +261,14 @@ class ProgressHub:
 
     async def watch(self, task: dict, after: int, format, quiet_seconds: float):
         """The task's progress for one viewer as formatted chunks: what was recorded after `after`, then what comes,
-        ending with `done`; None after `quiet_seconds` without any (for a keep-alive). Starts a relay if the task's
-        has died. Nothing stays running for the viewer once it leaves (closes this generator)."""
+        ending with `done`; None after `quiet_seconds` without any (for a keep-alive). Its follower starts a relay
+        if the task's has died. Nothing stays running for the viewer once it leaves (closes this generator)."""
         viewer = Viewer(format)
         follower = self.followers.get(task["id"])
         if follower is None:
             follower = self.followers[task["id"]] = Follower(self, task["id"])
             follower.task = asyncio.create_task(follower.run())
         follower.viewers.add(viewer)
-        relay = await self.relay(task)
         try:
             await follower.started
             boundary, ended = follower.state.last, task["status"] in TERMINAL
@@ -275,6 +284,4 @@ class ProgressHub:
                     continue
                 if batch.last > boundary or batch.ended: yield batch.chunk
                 ended = batch.ended
-        finally:
-            follower.viewers.discard(viewer)
-            if relay is not None and not self.relays_outlive_requests: relay.cancel()
+        finally: follower.viewers.discard(viewer)

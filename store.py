@@ -18,7 +18,7 @@ from cache import BoundedCache
 TERMINAL = ("completed", "failed", "cancelled", "incomplete")
 STATUS_RANK = {"queued": 0, "in_progress": 1, **{status: 2 for status in TERMINAL}}
 WEBHOOK_MEMORY_SECONDS = 7 * 24 * 3600
-ORPHAN_GRACE_SECONDS = 60
+ORPHAN_GRACE_SECONDS = 25  # OpenAI's create times out after 20 s: a task still without a response id then is an orphan
 DOUBLE, TEXT, INTEGER = "DOUBLE PRECISION", "TEXT", "INTEGER"
 TABLES = {
     "tasks": [("id", "TEXT PRIMARY KEY"), ("response_id", "TEXT UNIQUE"), ("owner", "TEXT NOT NULL"), ("account", TEXT),
@@ -51,7 +51,7 @@ SCHEMA = [f"CREATE TABLE IF NOT EXISTS {table} ({', '.join(f'{name} {kind}' for 
     "CREATE UNIQUE INDEX IF NOT EXISTS progress_by_task ON progress_events (task_id, seq)",
 ]
 ADDED_DEFAULTS = {("webhook_events", "done"): "INTEGER NOT NULL DEFAULT 1"}
-WEBHOOK_CLAIM_STALE_SECONDS = 60
+WEBHOOK_CLAIM_STALE_SECONDS = 10  # handling an event takes a retrieve (5 s at most) and a write
 OPEN_RETRY_SECONDS = 5
 RANK_SQL = "CASE status WHEN 'queued' THEN 0 WHEN 'in_progress' THEN 1 ELSE 2 END"
 RUNNING_SQL = f"{RANK_SQL} < 2 AND (response_id IS NOT NULL OR created_at > :orphaned_before)"
@@ -63,6 +63,8 @@ ADVANCE_TASK = (f"UPDATE tasks SET status = :status, {', '.join(f'{c} = :{c}' fo
                 f"WHERE id = :id AND {RANK_SQL} < :rank")
 ATTACH_RESPONSE = ("UPDATE tasks SET response_id = :response_id, updated_at = :now, checked_at = :now "
                    "WHERE id = :id AND response_id IS NULL")
+ADOPT_RESPONSE = ("UPDATE tasks SET response_id = :response_id, status = 'queued', error = NULL, completed_at = NULL, "
+                  "updated_at = :now, checked_at = :now WHERE id = :id AND response_id IS NULL")
 CLAIM_CHECK = (f"UPDATE tasks SET checked_at = :now WHERE id = :id AND {RANK_SQL} < 2 "
                "AND response_id IS NOT NULL AND (checked_at IS NULL OR checked_at <= :due)")
 SPENT_SQL = f"COALESCE(SUM(COALESCE(cost_usd, CASE WHEN {RANK_SQL} < 2 THEN reserved_usd END, 0)), 0)"
@@ -190,16 +192,22 @@ class SqlTaskStore:
             {"before": older_than})]
 
     async def get(self, task_id: str) -> dict | None:
-        "The task; a final task never changes again, so it is kept in memory once read."
+        """The task; a final task with a response never changes again, so it is kept in memory once read (one that
+        failed before OpenAI answered may still be adopted by its response: see `adopt`)."""
         if task := self._final_rows.get(task_id): return task
         task = await self._fetchone("SELECT * FROM tasks WHERE id = :id", {"id": task_id})
-        return self._final_rows.put(task_id, task) if task and task["status"] in TERMINAL else task
+        return self._final_rows.put(task_id, task) if task and task["status"] in TERMINAL and task["response_id"] else task
 
     async def get_by_response(self, response_id: str) -> dict | None:
         return await self._fetchone("SELECT * FROM tasks WHERE response_id = :rid", {"rid": response_id})
 
     async def attach_response(self, task_id: str, response_id: str) -> bool:
         return await self._execute(ATTACH_RESPONSE, {"id": task_id, "response_id": response_id, "now": time.time()}) == 1
+
+    async def adopt(self, task_id: str, response_id: str) -> bool:
+        """Give a task whose queueing was interrupted (no response id stored; still queued, or failed by this app for
+        that reason, never by OpenAI) the response OpenAI made for it, and reopen it so OpenAI's state is recorded."""
+        return await self._execute(ADOPT_RESPONSE, {"id": task_id, "response_id": response_id, "now": time.time()}) == 1
 
     async def forget_idempotency_key(self, task_id: str):
         await self._execute("UPDATE tasks SET idempotency_key = NULL WHERE id = :id", {"id": task_id})
@@ -429,7 +437,7 @@ class PostgresTaskStore(SqlTaskStore):
 
 def _pyformat(sql: str) -> str:
     "`:name` placeholders as psycopg's `%(name)s`."
-    return re.sub(r"(?<![:\w]):([a-z_]+)", r"%(\1)s", sql.replace("%", "%%"))
+    return re.sub(r"(?<![:\w]):([a-z_][a-z0-9_]*)", r"%(\1)s", sql.replace("%", "%%"))
 
 
 def _without_password(text: str) -> str:

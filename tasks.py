@@ -19,9 +19,8 @@ log = logging.getLogger("tasks")
 RESPONSE_EVENTS = ("response.completed", "response.failed", "response.cancelled", "response.incomplete")
 WEBHOOK_WAIT_STEPS, WEBHOOK_WAIT_STEP_SECONDS = 40, 0.05
 TASK_ID = re.compile(r"task_[A-Za-z0-9_-]{16}")
-ORPHAN_WEBHOOK_WAIT_SECONDS = 24 * 3600
-INTERRUPTED_MESSAGE = ("Queueing was interrupted before OpenAI's answer was stored, and OpenAI's webhook never attached "
-                       "it: check the OpenAI dashboard's logs, then queue the prompt again if it did not run.")
+INTERRUPTED_MESSAGE = ("Queueing was interrupted before OpenAI's answer was stored. If OpenAI ran it anyway, its result "
+                       "appears here when OpenAI's webhook arrives; if not, queue the prompt again.")
 NOT_FOUND_MESSAGE = "OpenAI no longer knows this response (404): it may have been deleted or have expired."
 
 
@@ -72,7 +71,6 @@ class TaskService:
         self.store, self.gateway, self.settings = store, gateway, settings
         self.reconcile_seconds = settings.reconcile_seconds
         self.progress = ProgressHub(store, gateway, self._record, relays_outlive_requests=not settings.on_vercel)
-        self.orphan_wait = ORPHAN_WEBHOOK_WAIT_SECONDS if settings.webhook_secret and not settings.demo else ORPHAN_GRACE_SECONDS
 
     def create_request(self, task: dict) -> dict:
         "The Responses API create parameters for a task: its model's tools, effort and summary, its limits, its id."
@@ -129,9 +127,9 @@ class TaskService:
 
     async def refreshed(self, task: dict) -> dict:
         """The task, first refreshed from OpenAI if it is running and was last checked over an interval ago.
-        A task whose queueing was interrupted before its response id was stored waits for OpenAI's webhook to
-        attach it (a day, where webhooks come; otherwise a short grace), then fails saying so."""
-        if not task["response_id"] and not is_terminal(task) and task["created_at"] < time.time() - self.orphan_wait:
+        A task whose queueing was interrupted before its response id was stored fails saying so once the create
+        cannot be running any more (OpenAI's webhook still attaches its response if OpenAI made one: `_adopt`)."""
+        if not task["response_id"] and not is_terminal(task) and task["created_at"] < time.time() - ORPHAN_GRACE_SECONDS:
             await self.store.advance(task["id"], "failed", error=INTERRUPTED_MESSAGE)
             return await self.store.get(task["id"])
         if self._check_due(task) and await self.store.claim_check(task["id"], self.reconcile_seconds):
@@ -194,7 +192,7 @@ class TaskService:
             if exc.not_found: return "unknown response"
             raise
         task = await self.store.get(state.task_id) if state.task_id and TASK_ID.fullmatch(state.task_id) else None
-        if task is None or not await self.store.attach_response(task["id"], response_id): return "unknown response"
+        if task is None or not await self.store.adopt(task["id"], response_id): return "unknown response"
         await self._record(task, state)
         log.info("response %s attached to task %s, whose queueing was interrupted", response_id, task["id"])
         return "adopted"

@@ -1,0 +1,175 @@
+"""Live progress: recorded once per task, replayed to every viewer, resumable, and robust to streams and relays dying."""
+import asyncio
+import json
+import os
+import signal
+import time
+
+import httpx2
+import pytest
+
+from config import new_webhook_secret
+from tests.conftest import LiveServer, free_port, wait_for, wait_until
+
+DR = {"model": "o4-mini-deep-research"}
+
+
+async def read_events(response, stop=lambda event: event["event"] == "done", limit=10_000) -> list[dict]:
+    "Server-Sent Events of a streaming response as dicts (id, event, data), until `stop` says so."
+    events, current = [], {}
+    async for line in response.aiter_lines():
+        if line == "":
+            if "event" in current:
+                events.append({**current, "data": json.loads(current["data"])})
+                if stop(events[-1]) or len(events) >= limit: return events
+            current = {}
+        elif not line.startswith(":"):
+            field, _, value = line.partition(": ")
+            current[field] = current.get(field, "") + ("\n" if field == "data" and field in current else "") + value
+    return events
+
+
+async def watch(client, task_id: str, headers=None, **params) -> list[dict]:
+    async with client.stream("GET", f"/api/events/{task_id}", params=params, headers=headers or {}) as response:
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+        return await read_events(response)
+
+
+def assert_whole(events: list[dict], task: dict):
+    "Ids strictly increase, and the recorded deltas add up to the final answer and summary: nothing lost or doubled."
+    ids = [int(e["id"]) for e in events]
+    assert ids == sorted(set(ids)), ids
+    assert "".join(e["data"]["delta"] for e in events if e["event"] == "output_text.delta") == task["output_text"]
+    summary = "".join(e["data"]["delta"] for e in events if e["event"] == "reasoning_summary.delta")
+    assert summary == (task["reasoning_summary"] or "")
+
+
+async def test_a_viewer_gets_status_summary_steps_answer_then_done(make_harness):
+    harness = await make_harness(demo_delay_seconds=1.5)
+    task = (await harness.queue("How do tides form?", **DR)).json()
+    events = await watch(harness.client, task["id"])
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "status" and kinds[-1] == "done"
+    assert {"reasoning_summary.delta", "step", "output_text.delta"} <= set(kinds)
+    assert [e["data"]["detail"] for e in events if e["event"] == "step"][0] == "How do tides form?"
+    done = events[-1]["data"]
+    assert done["status"] == "completed" and done["sources"] and done["id"] == task["id"]
+    assert_whole(events[:-1], done)
+    assert len(events) < 60, "deltas are coalesced into a few events, not one per token"
+
+
+async def test_resuming_with_last_event_id_or_after_repeats_nothing(make_harness):
+    harness = await make_harness(demo_delay_seconds=1)
+    task = (await harness.queue("Resume me", **DR)).json()
+    everything = await watch(harness.client, task["id"])
+    middle = everything[len(everything) // 2]["id"]
+    by_header = await watch(harness.client, task["id"], headers={"Last-Event-ID": middle})
+    by_query = await watch(harness.client, task["id"], after=middle)
+    assert by_header == by_query == [e for e in everything if int(e["id"]) > int(middle)]
+
+
+@pytest.mark.parametrize("bad", ["abc", "1.5", "-2", "9" * 40, "1,2"])
+async def test_a_malformed_last_event_id_is_400(harness, bad):
+    task = (await harness.queue()).json()
+    response = await harness.client.get(f"/api/events/{task['id']}", headers={"Last-Event-ID": bad})
+    assert response.status_code == 400 and response.json()["error"]["type"] == "invalid_event_id"
+
+
+async def test_unknown_and_other_owners_tasks_are_404(make_harness):
+    harness = await make_harness(access_tokens=("token-a", "token-b"))
+    task = (await harness.client.post("/api/queue", json={"prompt": "mine"}, headers={"Authorization": "Bearer token-a"})).json()
+    other = await harness.client.get(f"/api/events/{task['id']}", headers={"Authorization": "Bearer token-b"})
+    unknown = await harness.client.get("/api/events/task_AAAAAAAAAAAAAAAA", headers={"Authorization": "Bearer token-a"})
+    assert other.status_code == unknown.status_code == 404
+
+
+async def test_many_viewers_cost_one_openai_stream_and_leave_nothing_running(make_harness):
+    harness = await make_harness(demo_delay_seconds=2, demo_webhooks=False)
+    task = (await harness.queue("Twenty people watch this", **DR)).json()
+    views = await asyncio.gather(*[watch(harness.client, task["id"]) for _ in range(20)])
+    assert all(view[-1]["event"] == "done" for view in views)
+    assert all(view == views[0] for view in views[1:])
+    assert harness.emulator.calls["stream"] == 1, "one OpenAI stream (the create's), however many viewers"
+    assert harness.emulator.calls["retrieve"] == 0
+    await wait_for(lambda: not harness.services.tasks.progress.followers and not harness.services.tasks.progress.relays)
+
+
+async def test_a_viewer_that_leaves_mid_run_stops_its_follower(make_harness):
+    harness = await make_harness(demo_delay_seconds=10)
+    task = (await harness.queue("Leave early", **DR)).json()
+    async with harness.client.stream("GET", f"/api/events/{task['id']}") as response:
+        await read_events(response, stop=lambda event: event["event"] == "status")
+    hub = harness.services.tasks.progress
+    await wait_for(lambda: task["id"] not in hub.followers, timeout=5)
+    assert task["id"] in hub.relays, "the task's relay records on for other viewers and for the page"
+
+
+async def test_the_relay_resumes_a_stream_openai_closed_early(make_harness):
+    harness = await make_harness(demo_delay_seconds=1.5, demo_webhooks=False)
+    harness.emulator.cut_streams_after = 12
+    task = (await harness.queue("A stream that keeps dropping", **DR)).json()
+    events = await watch(harness.client, task["id"])
+    assert events[-1]["event"] == "done" and events[-1]["data"]["status"] == "completed"
+    assert harness.emulator.calls["stream"] > 3, "the relay resumed with starting_after, several times"
+    assert_whole(events[:-1], events[-1]["data"])
+
+
+async def test_the_end_is_recorded_even_when_no_stream_works(make_harness):
+    "Every stream stops after its first event, and no webhook comes: reading the task still finds its end."
+    harness = await make_harness(demo_delay_seconds=0.5, reconcile_seconds=0.2, demo_webhooks=False)
+    harness.emulator.cut_streams_after = 1
+    task = (await harness.queue("Hardly any stream")).json()
+
+    async def completed():
+        return (await harness.status(task["id"])).json()["status"] == "completed"
+    await wait_for(completed)
+
+
+async def test_events_stop_after_events_max_seconds_with_keep_alives(make_harness):
+    harness = await make_harness(demo_delay_seconds=30, events_max_seconds=1.2)
+    task = (await harness.queue("Long and quiet")).json()
+    async with harness.client.stream("GET", f"/api/events/{task['id']}") as response:
+        body = (await asyncio.wait_for(response.aread(), 10)).decode()
+    assert body.startswith("retry: ") and "event: done" not in body
+
+
+def test_kill_9_of_the_relaying_app_loses_no_event_and_doubles_none(tmp_path, database_url):
+    """The app that queued (and relays) is killed mid-run; another app on the same database takes the relay over
+    when a viewer comes (once the lease lapses), resuming OpenAI's stream after the last recorded event."""
+    secret, emulator_port, app_port = new_webhook_secret(), free_port(), free_port()
+    emulator = LiveServer(tmp_path, "emulator.py", "EMULATOR_PORT", "/_emulator/stats", port=emulator_port,
+                          EMULATOR_WEBHOOK_URL=f"http://127.0.0.1:{app_port}/api/webhook", DEMO_WEBHOOKS="off",
+                          OPENAI_WEBHOOK_SECRET=secret, DEMO_DELAY_SECONDS="15")
+    env = {"OPENAI_API_KEY": "sk-relay-test", "OPENAI_WEBHOOK_SECRET": secret, "DATABASE_URL": database_url,
+           "OPENAI_BASE_URL": f"{emulator.url}/v1", "RECONCILE_SECONDS": "3600"}
+    first = LiveServer(tmp_path, port=app_port, **env)
+    try:
+        task = httpx2.post(f"{first.url}/api/queue", json={"prompt": "Kill the relay", **DR}).json()
+        assert sees(first.url, task["id"], "output_text.delta", within=25)
+        os.kill(first.process.pid, signal.SIGKILL)
+        first.process.wait(5)
+        second = LiveServer(tmp_path, **env)
+        try: events = asyncio.run(watch_url(second.url, task["id"]))
+        finally: second.stop()
+        streams = httpx2.get(f"{emulator.url}/_emulator/stats").json()["calls"]["stream"]
+    finally:
+        first.stop()
+        emulator.stop()
+    assert events[-1]["event"] == "done" and events[-1]["data"]["status"] == "completed"
+    assert_whole(events[:-1], events[-1]["data"])
+    assert streams == 2, "the create's stream, then one resumed by the app that took over"
+
+
+def sees(url: str, task_id: str, kind: str, within: float) -> bool:
+    "Whether a viewer of the task receives an event of `kind` within `within` seconds."
+    deadline = time.monotonic() + within
+    with httpx2.stream("GET", f"{url}/api/events/{task_id}", timeout=within) as response:
+        for line in response.iter_lines():
+            if line == f"event: {kind}": return True
+            if time.monotonic() > deadline: return False
+    return False
+
+
+async def watch_url(url: str, task_id: str) -> list[dict]:
+    async with httpx2.AsyncClient(base_url=url, timeout=60) as client:
+        return await asyncio.wait_for(watch(client, task_id), 60)
