@@ -78,6 +78,12 @@ class Gate:
         if owner is None: raise AccessRefused()
         return owner
 
+    async def token_owner(self, request: Request) -> str:
+        "The owner of the request's Bearer token; AccessRefused without a valid one (sessions do not count here)."
+        token = self.bearer_token(request)
+        if token is None: raise AccessRefused()
+        return await self._token_owner(request, token)
+
     async def _token_owner(self, request: Request, token: str) -> str:
         address = client_address(request, self.behind_proxy)
         await self.failed_signins.check(address, TOO_MANY_WRONG_TOKENS)

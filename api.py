@@ -19,6 +19,7 @@ from responses import (BadRequest, decode_cursor, encode_cursor, error_response,
 from render import markdown_export
 from services import Services
 from store import TERMINAL, StoreUnavailable
+from telemetry import OPEN_STREAMS, WEBHOOKS, event, metrics_text
 from tasks import IdempotencyConflict, QueueRefused, WebhookBusy
 
 log = logging.getLogger("api")
@@ -82,10 +83,13 @@ async def events(request: Request, owner: str) -> Response:
 
 async def event_stream(svc: Services, task: dict, after: int, format):
     deadline = time.monotonic() + svc.settings.stream_seconds
-    yield b"retry: 2000\n\n"
-    async for chunk in svc.tasks.progress.watch(task, after, format, min(KEEPALIVE_SECONDS, svc.settings.stream_seconds)):
-        yield chunk if chunk is not None else b": keep-alive\n\n"
-        if time.monotonic() > deadline: return
+    OPEN_STREAMS.inc()
+    try:
+        yield b"retry: 2000\n\n"
+        async for chunk in svc.tasks.progress.watch(task, after, format, min(KEEPALIVE_SECONDS, svc.settings.stream_seconds)):
+            yield chunk if chunk is not None else b": keep-alive\n\n"
+            if time.monotonic() > deadline: return
+    finally: OPEN_STREAMS.dec()
 
 
 @with_owner()
@@ -125,19 +129,31 @@ async def webhook(request: Request) -> Response:
     svc = Services.of(request)
     try: webhook_id, event_type, response_id = svc.gateway.unwrap(await request.body(), request.headers)
     except WebhookRejected as exc:
+        WEBHOOKS.labels("unverified", "refused").inc()
         log.warning("webhook refused: %s", exc)
         return json_error(400, f"Webhook refused: {exc}", "invalid_webhook")
     except WebhookNotConfigured as exc:
+        WEBHOOKS.labels("unverified", "not_configured").inc()
         log.error("%s", exc)
         return json_error(503, str(exc), "webhook_not_configured")
     try: outcome = await svc.tasks.handle_webhook(webhook_id, event_type, response_id)
     except OpenAIError as exc:
+        WEBHOOKS.labels(event_type, "retry_later").inc()
         log.warning("webhook %s not handled, OpenAI will retry: %s", webhook_id, exc.message)
         return json_error(503, f"Could not check the response with OpenAI: {exc.message}", exc.kind)
     except WebhookBusy:
+        WEBHOOKS.labels(event_type, "busy").inc()
         return json_error(503, "This event is being handled by another delivery: send it again later", "webhook_busy")
-    log.info("webhook %s (%s, %s): %s", webhook_id, event_type, response_id, outcome)
+    WEBHOOKS.labels(event_type, outcome.replace(" ", "_")).inc()
+    event(log, "webhook", webhook_id=webhook_id, type=event_type, response_id=response_id, outcome=outcome)
     return JSONResponse({"received": True, "outcome": outcome})
+
+
+async def metrics(request: Request) -> Response:
+    "Prometheus text format; where APP_ACCESS_TOKENS are set, it needs one as a Bearer token."
+    svc = Services.of(request)
+    if svc.gate.on: await svc.gate.token_owner(request)
+    return Response(metrics_text(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
 async def health(request: Request) -> Response:

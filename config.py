@@ -145,6 +145,8 @@ VARIABLES = (
     Variable("EVENTS_MAX_SECONDS", "events_max_seconds", "", seconds,
              "How long one progress stream (GET /api/events/{id}) stays open before the browser reconnects "
              "(unset: 900, or 250 on Vercel, within its 300 s function limit)."),
+    Variable("LOG_PROMPTS", "log_prompts", "off", switch,
+             "Whether task log lines carry the prompt's text (off: only ids, model, status and cost)."),
     Variable("DEMO_DELAY_SECONDS", "demo_delay_seconds", "3", seconds, "Demo mode: how many seconds a made-up answer takes."),
     Variable("DEMO_WEBHOOKS", "demo_webhooks", "on", switch,
              "Demo mode: whether the emulator sends webhooks (off = tasks finish through reconcile only)."),
@@ -191,6 +193,7 @@ class Settings:
     max_prompt_chars: int = _default("max_prompt_chars")
     reconcile_seconds: float = _default("reconcile_seconds")
     events_max_seconds: float | None = _default("events_max_seconds")
+    log_prompts: bool = _default("log_prompts")
     demo_delay_seconds: float = _default("demo_delay_seconds")
     demo_webhooks: bool = _default("demo_webhooks")
     emulator_port: int = _default("emulator_port")
@@ -208,6 +211,10 @@ class Settings:
         if self.on_vercel and not self.session_secret:
             raise SystemExit(f"SESSION_SECRET is not set: on Vercel sessions need a fixed key. Set it in the project's "
                              f"Environment Variables ({SECRET_HINT})")
+        if self.on_vercel and self.database_url == BY_ATTRIBUTE["database_url"].default:
+            raise SystemExit("DATABASE_URL is not set: on Vercel the default SQLite file would sit on a read-only disk, and "
+                             "each instance has its own memory. Create a PostgreSQL database (Vercel Marketplace: Neon, "
+                             "Supabase, ...) and set DATABASE_URL=postgresql://... in the project's Environment Variables")
 
     @property
     def demo(self) -> bool: return not self.openai_api_key

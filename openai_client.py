@@ -14,6 +14,10 @@ import openai
 from openai import AsyncOpenAI
 
 from results import ResponseState, state_of
+from telemetry import OPENAI_CALLS, OPENAI_ERRORS
+
+OPERATIONS = {"queueing the prompt": "create", "checking the response": "retrieve", "cancelling the response": "cancel",
+              "resuming the response's stream": "stream", "reading the response's stream": "stream"}
 
 
 class OpenAIError(Exception):
@@ -73,7 +77,12 @@ class OpenAIGateway:
                                   webhook_secret=webhook_secret or None, max_retries=0)
 
     def _fail(self, exc: Exception, doing: str) -> OpenAIError:
-        "Turn an SDK exception into an OpenAIError whose message holds no secret (DESIGN.md's contract)."
+        "Turn an SDK exception into an OpenAIError whose message holds no secret (DESIGN.md's contract), and count it."
+        error = self._error_of(exc, doing)
+        OPENAI_ERRORS.labels(OPERATIONS[doing], error.kind).inc()
+        return error
+
+    def _error_of(self, exc: Exception, doing: str) -> OpenAIError:
         if isinstance(exc, openai.APITimeoutError):
             return OpenAIError(503, f"OpenAI did not answer in time while {doing} (it may have started anyway: "
                                     "check the OpenAI dashboard before trying again)", "openai_timeout")
@@ -110,6 +119,7 @@ class OpenAIGateway:
 
     async def _call(self, doing: str, method, *args, **kwargs) -> ResponseState:
         "Call an SDK method through `with_raw_response` and read the response's JSON."
+        OPENAI_CALLS.labels(OPERATIONS[doing]).inc()
         try: raw = await method(*args, **kwargs)
         except openai.OpenAIError as exc: raise self._fail(exc, doing) from None
         try: return state_of(raw.http_response.json())
@@ -120,6 +130,7 @@ class OpenAIGateway:
     async def create(self, request: dict):
         """Start a background response that streams (`request`: the create parameters, tasks builds them).
         Returns its state, read from the stream's first event, and the stream, open on the events that follow."""
+        OPENAI_CALLS.labels("create").inc()
         try:
             stream = await self.client.responses.create(**request, background=True, store=True, stream=True,
                                                         timeout=self.create_timeout)
@@ -134,6 +145,7 @@ class OpenAIGateway:
 
     async def resume(self, response_id: str, after: int):
         "The response's stream again, from the event after sequence number `after`."
+        OPENAI_CALLS.labels("stream").inc()
         try: return await self.client.responses.retrieve(response_id, stream=True, starting_after=after,
                                                          timeout=self.stream_read_timeout)
         except openai.OpenAIError as exc: raise self._fail(exc, "resuming the response's stream") from None

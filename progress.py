@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from openai_client import OpenAIError, OpenAIGateway
 from results import step_of, state_of
 from store import TERMINAL, SqlTaskStore, StoreUnavailable
+from telemetry import RELAYS
 
 log = logging.getLogger("progress")
 FLUSH_SECONDS = 0.2
@@ -248,6 +249,7 @@ class ProgressHub:
         if not await self.store.claim_relay(task["id"], self.holder, LEASE_SECONDS):
             if stream is not None: await stream.close()
             return None
+        RELAYS.labels("at_queueing" if stream is not None else "taking_over").inc()
         relay = asyncio.create_task(Relay(self, task, stream).run())
         self.relays[task["id"]] = relay
         relay.add_done_callback(lambda done: self.relays.pop(task["id"], None))

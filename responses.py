@@ -204,7 +204,7 @@ def refusal(scope, status: int, message: str, kind: str) -> Response:
 
 async def access_refused(request: Request, exc: Exception) -> Response:
     "No token or session: 401 for the API (saying how to send a token), the sign-in page for a browser."
-    if request.scope["path"].startswith("/api/") and not wants_html(request):
+    if request.scope["path"].startswith(("/api/", "/metrics")) and not wants_html(request):
         return json_error(401, "Missing or wrong access token: send Authorization: Bearer <token> (one of APP_ACCESS_TOKENS)",
                           "unauthorized", {"WWW-Authenticate": "Bearer"})
     if wants_html(request): return Response(status_code=401, headers={"HX-Redirect": "/signin"})

@@ -34,7 +34,8 @@ class Services:
         itself); otherwise the SDK talks to OpenAI, or to `http_client` when given (tests)."""
         emulator, secret, store = None, settings.effective_webhook_secret, store_for(settings.database_url)
         if settings.demo:
-            emulator = Emulator(webhook_target, secret, settings.demo_delay_seconds, settings.demo_webhooks,
+            emulator = Emulator(webhook_target, secret, settings.demo_delay_seconds,
+                                deliver_webhooks=settings.demo_webhooks and not settings.on_vercel,  # no work after a response
                                 records=DatabaseRecords(store))
             http_client = httpx2.AsyncClient(transport=StreamingASGITransport(emulator.app))
         gateway = OpenAIGateway(settings.openai_api_key or "demo-mode", EMULATOR_BASE_URL if emulator else settings.base_url,

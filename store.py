@@ -53,6 +53,7 @@ SCHEMA = [f"CREATE TABLE IF NOT EXISTS {table} ({', '.join(f'{name} {kind}' for 
 ADDED_DEFAULTS = {("webhook_events", "done"): "INTEGER NOT NULL DEFAULT 1"}
 WEBHOOK_CLAIM_STALE_SECONDS = 10  # handling an event takes a retrieve (5 s at most) and a write
 OPEN_RETRY_SECONDS = 5
+CONNECT_SECONDS = 3  # an unreachable PostgreSQL answers 503 this fast, not after a long pool wait
 RANK_SQL = "CASE status WHEN 'queued' THEN 0 WHEN 'in_progress' THEN 1 ELSE 2 END"
 RUNNING_SQL = f"{RANK_SQL} < 2 AND (response_id IS NOT NULL OR created_at > :orphaned_before)"
 INSERT_TASK = (f"INSERT INTO tasks ({', '.join(TASK_COLUMNS)}) SELECT {', '.join(':' + c for c in TASK_COLUMNS)} "
@@ -396,10 +397,11 @@ class PostgresTaskStore(SqlTaskStore):
     async def _connect(self):
         from psycopg.rows import dict_row
         from psycopg_pool import AsyncConnectionPool
-        self._pool = AsyncConnectionPool(self.url, min_size=1, max_size=self.max_size, open=False,
-                                         kwargs={"autocommit": True, "row_factory": dict_row})
+        self._pool = AsyncConnectionPool(self.url, min_size=1, max_size=self.max_size, open=False, timeout=CONNECT_SECONDS,
+                                         check=AsyncConnectionPool.check_connection,
+                                         kwargs={"autocommit": True, "row_factory": dict_row, "connect_timeout": CONNECT_SECONDS})
         try:
-            await self._pool.open(wait=True, timeout=5)
+            await self._pool.open(wait=True, timeout=CONNECT_SECONDS * 2)
             async with self._pool.connection() as conn:
                 await conn.execute("SELECT pg_advisory_lock(727274)")
                 try:
@@ -417,7 +419,7 @@ class PostgresTaskStore(SqlTaskStore):
         "Run one statement; with `lock`, in a transaction that first takes an advisory lock on that key."
         import psycopg
         try:
-            async with self._pool.connection(timeout=10) as conn:
+            async with self._pool.connection(timeout=CONNECT_SECONDS) as conn:
                 if lock is None:
                     cursor = await conn.execute(_pyformat(sql), params)
                     return await cursor.fetchall() if fetch else cursor.rowcount

@@ -14,6 +14,7 @@ from openai_client import OpenAIError, OpenAIGateway
 from progress import ProgressHub
 from results import ResponseState
 from store import ORPHAN_GRACE_SECONDS, TERMINAL, SqlTaskStore, new_task_row
+from telemetry import TASKS, event
 
 log = logging.getLogger("tasks")
 RESPONSE_EVENTS = ("response.completed", "response.failed", "response.cancelled", "response.incomplete")
@@ -84,8 +85,19 @@ class TaskService:
         return {**request, **{name: value for name, value in optional.items() if value}}
 
     async def _record(self, task: dict, state: ResponseState):
+        "Record what OpenAI says of the task's response; a move forward is counted and logged."
         cost = cost_usd(model_named(task["model"]), state.usage, state.web_searches) if state.usage else None
-        await self.store.advance(task["id"], state.status, **state.result(cost))
+        if await self.store.advance(task["id"], state.status, **state.result(cost)): self._moved(task, state.status, cost)
+
+    async def _fail(self, task: dict, message: str):
+        "End a task as failed for a reason of the app's own (OpenAI refused, the response is gone, queueing broke)."
+        if await self.store.advance(task["id"], "failed", error=message): self._moved(task, "failed")
+
+    def _moved(self, task: dict, status: str, cost: float | None = None):
+        if status in TERMINAL: TASKS.labels(task["model"], status).inc()
+        prompt = {"prompt": task["prompt"]} if self.settings.log_prompts else {}
+        event(log, "task", task_id=task["id"], response_id=task.get("response_id"), model=task["model"], status=status,
+              cost_usd=cost, **prompt)
 
     async def queue(self, owner: str, account: str, request: QueueRequest, max_running: int) -> tuple[dict, bool]:
         """Store the task (if the account's running cap allows: store.RunningCapReached if not), then create its
@@ -104,10 +116,12 @@ class TaskService:
             if task["request_digest"] not in (None, request.digest):
                 raise IdempotencyConflict("This Idempotency-Key was already used for a different request: use a new key")
             return task, False
+        TASKS.labels(task["model"], "queued").inc()
+        self._moved(task, "queued")
         try: state, stream = await self.gateway.create(self.create_request(task))
         except BaseException as exc:
             error = exc if isinstance(exc, OpenAIError) else None
-            await self.store.advance(task["id"], "failed", error=error.message if error else INTERRUPTED_MESSAGE)
+            await self._fail(task, error.message if error else INTERRUPTED_MESSAGE)
             await self.store.forget_idempotency_key(task["id"])
             if error is None: raise
             raise QueueRefused(await self.store.get(task["id"]), error) from None
@@ -130,7 +144,7 @@ class TaskService:
         A task whose queueing was interrupted before its response id was stored fails saying so once the create
         cannot be running any more (OpenAI's webhook still attaches its response if OpenAI made one: `_adopt`)."""
         if not task["response_id"] and not is_terminal(task) and task["created_at"] < time.time() - ORPHAN_GRACE_SECONDS:
-            await self.store.advance(task["id"], "failed", error=INTERRUPTED_MESSAGE)
+            await self._fail(task, INTERRUPTED_MESSAGE)
             return await self.store.get(task["id"])
         if self._check_due(task) and await self.store.claim_check(task["id"], self.reconcile_seconds):
             await self.refresh(task)
@@ -148,7 +162,7 @@ class TaskService:
             state = await self.gateway.retrieve(task["response_id"], for_webhook=for_webhook)
         except OpenAIError as exc:
             if not exc.not_found: raise
-            await self.store.advance(task["id"], "failed", error=NOT_FOUND_MESSAGE)
+            await self._fail(task, NOT_FOUND_MESSAGE)
             return
         await self._record(task, state)
 

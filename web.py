@@ -18,6 +18,7 @@ from responses import (access_refused, http_error, limited, limiter_down, refusa
                        store_down)
 from services import Services
 from store import RunningCapReached, StoreUnavailable
+from telemetry import RequestMetrics
 
 log = logging.getLogger("web")
 STATIC_DIR = Path(__file__).parent / "static"
@@ -37,6 +38,7 @@ ROUTES = [
     Route("/api/tasks", api.list_tasks, methods=["GET"]),
     Route("/api/webhook", api.webhook, methods=["POST"]),
     Route("/health", api.health, methods=["GET"]),
+    Route("/metrics", api.metrics, methods=["GET"]),
     Mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static"),
 ]
 EXCEPTION_HANDLERS = {StoreUnavailable: store_down, AccessRefused: access_refused, Limited: limited,
@@ -45,10 +47,10 @@ EXCEPTION_HANDLERS = {StoreUnavailable: store_down, AccessRefused: access_refuse
 
 
 class App(FastHTML):
-    "The FastHTML app with the security headers outermost, so that they are on every answer, a 500 included."
+    "The FastHTML app with the security headers and request metrics outermost, so that a 500 has them too."
 
     def build_middleware_stack(self):
-        return SecurityHeaders(super().build_middleware_stack())
+        return SecurityHeaders(RequestMetrics(super().build_middleware_stack()))
 
 
 async def lifespan(app):

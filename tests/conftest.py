@@ -55,10 +55,20 @@ async def database_url(request, tmp_path):
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path}/tasks.db"
         return
+    async for url in postgres_schema(): yield url
+
+
+@pytest.fixture
+async def postgres_url():
+    "A fresh schema on the PostgreSQL server of TEST_DATABASE_URL, for tests about PostgreSQL alone."
+    async for url in postgres_schema(): yield url
+
+
+async def postgres_schema():
     require_postgres()
     schema, url = await _pg_schema_url()
-    yield url
-    await _drop_schema(schema)
+    try: yield url
+    finally: await _drop_schema(schema)
 
 
 async def wait_for(condition, timeout: float = 10.0, interval: float = 0.05):

@@ -98,8 +98,10 @@ def test_vercel_read_only_deploy_starts_and_serves(tmp_path, servers, read_only_
     assert not (app_dir / "data").exists()
 
 
-def test_vercel_without_session_secret_refuses_to_start_and_says_why(read_only_copy):
+@pytest.mark.parametrize("env,says", [({}, "SESSION_SECRET is not set"),
+                                      ({"SESSION_SECRET": "s" * 32}, "DATABASE_URL is not set")])
+def test_on_vercel_a_missing_setting_stops_the_start_saying_what_to_set(read_only_copy, env, says):
     result = subprocess.run([*_as_nobody(), sys.executable, "-c", "import app"], cwd=read_only_copy, capture_output=True,
-                            text=True, timeout=60, env={"VERCEL": "1", "HOME": "/tmp", "PYTHONDONTWRITEBYTECODE": "1"})
+                            text=True, timeout=60, env={"VERCEL": "1", "HOME": "/tmp", "PYTHONDONTWRITEBYTECODE": "1", **env})
     assert result.returncode != 0
-    assert "SESSION_SECRET is not set" in result.stderr
+    assert says in result.stderr and "Environment Variables" in result.stderr

@@ -9,7 +9,7 @@ import httpx2
 import pytest
 
 from config import new_webhook_secret
-from tests.conftest import LiveServer, free_port, wait_for, wait_until
+from tests.conftest import LiveServer, free_port, wait_for
 
 DR = {"model": "o4-mini-deep-research"}
 
