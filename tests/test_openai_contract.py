@@ -712,9 +712,6 @@ async def test_a_model_from_openai_models_runs_with_no_price(make_harness):
     assert (await harness.status(task["id"])).json()["cost_usd"] is None
 
 
-@pytest.mark.xfail(reason="README.md does not yet document the models table, tools, cost estimates, the errors a user can "
-                          "meet (budget_exceeded, out of credit, OpenAI's 400s) nor give a curl example of a deep-research "
-                          "request, as issue 10's 'Done when' asks", strict=True)
 def test_readme_documents_models_tools_costs_and_errors():
     from tests.conftest import ROOT
     readme = (ROOT / "README.md").read_text()
