@@ -154,7 +154,7 @@ VARIABLES = (
     Variable("EMULATOR_WEBHOOK_URL", "emulator_webhook_url", "http://127.0.0.1:8000/api/webhook", text,
              "`python emulator.py`: where it delivers webhooks."),
     Variable("VERCEL", "on_vercel", "", lambda raw: bool(raw),
-             "Set by Vercel itself: the app then requires SESSION_SECRET and warns when it runs open in OpenAI mode."),
+             "Set by Vercel itself: the app then requires SESSION_SECRET and DATABASE_URL, and warns when it runs open in OpenAI mode."),
     Variable("VERCEL_URL", "vercel_url", "", text, "Set by Vercel: the deployment's host name (allowed as a host)."),
     Variable("VERCEL_BRANCH_URL", "vercel_branch_url", "", text, "Set by Vercel: the branch's host name (allowed as a host)."),
     Variable("VERCEL_PROJECT_PRODUCTION_URL", "vercel_production_url", "", text,

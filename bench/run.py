@@ -10,13 +10,14 @@ import sys
 from pathlib import Path
 
 import status_throughput
+import viewers
 import stored_tasks
 import viewer_retrieves
 import webhook_ack
 from harness import say
 from runner import parse, parser, run_questions
 
-QUESTIONS = {module.__name__: module for module in (status_throughput, webhook_ack, stored_tasks, viewer_retrieves)}
+QUESTIONS = {module.__name__: module for module in (status_throughput, webhook_ack, stored_tasks, viewer_retrieves, viewers)}
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.md"
 
 

@@ -200,7 +200,7 @@ class LiveServer:
                     "DEMO_DELAY_SECONDS": "1", "SESSION_SECRET": "live-test-secret", "PYTHONDONTWRITEBYTECODE": "1", **env}
         self.process = subprocess.Popen([*wrapper, sys.executable, str(Path(cwd) / script)], cwd=cwd, env=full_env,
                                         stdout=self.log, stderr=subprocess.STDOUT)
-        try: wait_until(lambda: self.process.poll() is not None or self.answers(ready_path), timeout=20, interval=0.1)
+        try: wait_until(lambda: self.process.poll() is not None or self.answers(ready_path), timeout=40, interval=0.1)
         except AssertionError: pass
         if self.process.poll() is not None or not self.answers(ready_path):
             self.stop()
