@@ -13,6 +13,7 @@ import json
 import logging
 import secrets
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from openai_client import OpenAIError, OpenAIGateway
@@ -27,6 +28,7 @@ FOLLOW_POLL_SECONDS = 0.5
 PUBLISH_GAP_SECONDS = 0.25
 MAX_EVENTS_PER_TASK = 5_000
 RESUME_ATTEMPTS = 5
+KEPT_STATES = 1_000
 STATUS_EVENTS = {f"response.{s}" for s in ("created", "queued", "in_progress", *TERMINAL)}
 
 
@@ -231,6 +233,7 @@ class ProgressHub:
         self.holder = "relay_" + secrets.token_hex(8)
         self.relays: dict[str, asyncio.Task] = {}
         self.followers: dict[str, Follower] = {}
+        self.states: OrderedDict[str, ProgressState] = OrderedDict()
 
     async def close(self):
         "Stop this process's relays (each records what it read first) and followers."
@@ -256,9 +259,13 @@ class ProgressHub:
         return relay
 
     async def state_of(self, task_id: str) -> ProgressState:
-        "What a task's recorded progress adds up to (for a page drawn while it runs)."
-        state = ProgressState()
-        state.apply([decoded(r) for r in await self.store.progress_after(task_id, -1)])
+        """What a task's recorded progress adds up to (for a page drawn while it runs): kept per task in this process
+        and brought up to date with only the events recorded since."""
+        state = self.states.get(task_id) or ProgressState()
+        state.apply([decoded(r) for r in await self.store.progress_after(task_id, state.last)])
+        self.states[task_id] = state
+        self.states.move_to_end(task_id)
+        while len(self.states) > KEPT_STATES: self.states.popitem(last=False)
         return state
 
     async def watch(self, task: dict, after: int, format, quiet_seconds: float):

@@ -63,7 +63,8 @@ def progress_json(events, state, task: dict, ended: bool) -> bytes:
 def task_answer(request: Request, task: dict, progress=None, status: int = 200) -> Response:
     "The task: its card for htmx (a running one drawn with its `progress`), its JSON for anything else."
     if not wants_html(request): return JSONResponse(task_json(task), status_code=status)
-    if progress is not None and task["status"] not in TERMINAL: return fragment(ui.running_card(task, progress), status)
+    if progress is not None and task["status"] not in TERMINAL:
+        return HTMLResponse(ui.running_card_html(task, progress), status_code=status)
     return HTMLResponse(ui.card_html(task), status_code=status)
 
 

@@ -153,6 +153,12 @@ def progress_html(events, state: ProgressState, task: dict, ended: bool) -> byte
     return "".join(sse(kind, to_xml(draw()), kinds[kind]) for kind, draw in parts.items() if kind in kinds).encode()
 
 
+def running_card_html(task: dict, progress: ProgressState) -> str:
+    "A running card as HTML, rendered once per state of the task and of its progress (its clock ticks in the page)."
+    key = (task["id"], task["updated_at"], task["status"], progress.last)
+    return _cards.get(key) or _cards.put(key, to_xml(running_card(task, progress)))
+
+
 def card(task: dict, progress: ProgressState | None = None):
     "A task's card: the running card while it runs (given its progress), else the finished one."
     return running_card(task, progress) if progress is not None and task["status"] not in TERMINAL else task_card(task)
