@@ -178,8 +178,9 @@ class Follower:
             while self.viewers:
                 if time.monotonic() - claimed_at > LEASE_SECONDS / 2 and (task := await self.hub.store.get(self.task_id)):
                     relay, claimed_at = await self.hub.relay(task) or relay, time.monotonic()
-                try: await asyncio.wait_for(self.woken.wait(), FOLLOW_POLL_SECONDS)
-                except asyncio.TimeoutError: pass
+                try:
+                    async with asyncio.timeout(FOLLOW_POLL_SECONDS): await self.woken.wait()
+                except TimeoutError: pass
                 self.woken.clear()
                 if await self._publish(): return
                 await asyncio.sleep(PUBLISH_GAP_SECONDS)
@@ -287,8 +288,9 @@ class ProgressHub:
             replay = [e for e in recorded if after < e.seq <= boundary]
             if replay or ended: yield format(replay, state, task, ended)
             while not ended:
-                try: batch = await asyncio.wait_for(viewer.inbox.get(), quiet_seconds)
-                except asyncio.TimeoutError:
+                try:
+                    async with asyncio.timeout(quiet_seconds): batch = await viewer.inbox.get()
+                except TimeoutError:
                     yield None
                     continue
                 if batch.last > boundary or batch.ended: yield batch.chunk

@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 import ui
+from cache import BoundedCache
 from config import Settings
 from limiter import Limited, LimiterUnavailable
 from models import Model, model_named
@@ -60,9 +61,18 @@ def progress_json(events, state, task: dict, ended: bool) -> bytes:
     return "".join(chunks).encode()
 
 
+_bodies = BoundedCache(max_bytes=32 * 1024 * 1024)
+
+
+def task_body(task: dict) -> bytes:
+    "The task's JSON, encoded once per state of the task (a final task's never changes again)."
+    key = (task["id"], task["updated_at"], task["status"])
+    return _bodies.get(key) or _bodies.put(key, JSONResponse(task_json(task)).body)
+
+
 def task_answer(request: Request, task: dict, progress=None, status: int = 200) -> Response:
     "The task: its card for htmx (a running one drawn with its `progress`), its JSON for anything else."
-    if not wants_html(request): return JSONResponse(task_json(task), status_code=status)
+    if not wants_html(request): return Response(task_body(task), status_code=status, media_type="application/json")
     if progress is not None and task["status"] not in TERMINAL:
         return HTMLResponse(ui.running_card_html(task, progress), status_code=status)
     return HTMLResponse(ui.card_html(task), status_code=status)

@@ -60,7 +60,7 @@ class RequestMetrics:
     "ASGI middleware: one log line and the metrics of each HTTP request, labelled by its route (not its path)."
 
     def __init__(self, app):
-        self.app = app
+        self.app, self._counted, self._timed = app, {}, {}
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http": return await self.app(scope, receive, send)
@@ -73,6 +73,9 @@ class RequestMetrics:
         finally:
             route = getattr(scope.get("route"), "path", None) or "unmatched"
             seconds = time.perf_counter() - started
-            REQUESTS.labels(route, str(status[0])).inc()
-            LATENCY.labels(route).observe(seconds)
+            key = (route, status[0])
+            counted = self._counted.get(key) or self._counted.setdefault(key, REQUESTS.labels(route, str(status[0])))
+            timed = self._timed.get(route) or self._timed.setdefault(route, LATENCY.labels(route))
+            counted.inc()
+            timed.observe(seconds)
             event(log, "request", method=scope["method"], route=route, status=status[0], ms=round(seconds * 1000, 2))

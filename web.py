@@ -27,9 +27,6 @@ SESSION_KEY_FILE = Path("data/.sesskey")
 ROUTES = [
     Route("/", pages.index, methods=["GET"]),
     Route("/tasks/{task_id}", pages.task_page, methods=["GET"]),
-    Route("/signin", pages.signin_page, methods=["GET"]),
-    Route("/signin", pages.signin, methods=["POST"]),
-    Route("/signout", pages.signout, methods=["POST"]),
     Route("/api/queue", api.queue, methods=["POST"]),
     Route("/api/status/{task_id}", api.status, methods=["GET"]),
     Route("/api/events/{task_id}", api.events, methods=["GET"]),
@@ -39,6 +36,9 @@ ROUTES = [
     Route("/api/webhook", api.webhook, methods=["POST"]),
     Route("/health", api.health, methods=["GET"]),
     Route("/metrics", api.metrics, methods=["GET"]),
+    Route("/signin", pages.signin_page, methods=["GET"]),
+    Route("/signin", pages.signin, methods=["POST"]),
+    Route("/signout", pages.signout, methods=["POST"]),
     Mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static"),
 ]
 EXCEPTION_HANDLERS = {StoreUnavailable: store_down, AccessRefused: access_refused, Limited: limited,
