@@ -33,8 +33,8 @@ async def owned_task(request: Request, owner: str) -> dict | None:
     return await svc.tasks.read(request.path_params["task_id"], owner if svc.gate.on else None)
 
 
-def fresh_form(svc: Services):
-    return ui.prompt_form(svc.settings, hx_swap_oob="true")
+def fresh_form(svc: Services, chosen_model: str):
+    return ui.prompt_form(svc.settings, chosen_model, hx_swap_oob="true")
 
 
 @with_owner()
@@ -52,10 +52,10 @@ async def queue(request: Request, owner: str) -> Response:
     except QueueRefused as refused:
         exc = refused.error
         if not wants_html(request): return json_error(exc.status, exc.message, exc.kind, retry_header(exc.retry_after))
-        return fragment((ui.task_card(refused.task), fresh_form(svc)), exc.status, retry_header(exc.retry_after))
+        return fragment((ui.task_card(refused.task), fresh_form(svc, asked.model)), exc.status, retry_header(exc.retry_after))
     if wants_html(request):
         card = ui.card(task, await svc.tasks.progress.state_of(task["id"]))
-        return fragment((card, fresh_form(svc), ui.form_error(oob=True)), 202)
+        return fragment((card, fresh_form(svc, asked.model), ui.form_error(oob=True)), 202)
     return JSONResponse(task_json(task), status_code=202, headers={"Location": f"/api/status/{task['id']}"})
 
 

@@ -173,7 +173,7 @@ class OpenAIGateway:
             event = self.client.webhooks.unwrap(body, headers, secret=self.webhook_secret)
         except openai.InvalidWebhookSignatureError as exc: raise WebhookRejected(str(exc)) from None
         except (ValueError, TypeError, UnicodeDecodeError, RecursionError) as exc:
-            raise WebhookRejected(f"Malformed webhook: {type(exc).__name__}: {exc}"[:300]) from None
+            raise WebhookRejected(f"Malformed webhook: {exc}"[:300]) from None
         data = getattr(event, "data", None)
         response_id = data.get("id") if isinstance(data, dict) else getattr(data, "id", None)
         return headers.get("webhook-id", ""), str(getattr(event, "type", "") or ""), response_id

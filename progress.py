@@ -25,7 +25,7 @@ log = logging.getLogger("progress")
 FLUSH_SECONDS = 0.2
 LEASE_SECONDS = 6.0
 FOLLOW_POLL_SECONDS = 0.5
-PUBLISH_GAP_SECONDS = 0.5  # a viewer gets at most two batches a second: fewer wake-ups and writes, events within 1 s
+PUBLISH_GAP_SECONDS = 0.25
 MAX_EVENTS_PER_TASK = 5_000
 RESUME_ATTEMPTS = 5
 KEPT_STATES = 1_000
@@ -74,7 +74,7 @@ class Recorder:
         self.seq, self.summary_started = after, False
 
     def add(self, event):
-        "Take one stream event; returns the response's final state when the event ends it."
+        "Take one stream event; returns the response's state when the event moves it (to in_progress, or to its end)."
         kind, seq = getattr(event, "type", ""), getattr(event, "sequence_number", None)
         if not isinstance(seq, int) or seq <= self.seq: return None
         self.seq = seq
@@ -88,7 +88,7 @@ class Recorder:
             self.pending.append(ProgressEvent(seq, "step", step))
         elif kind in STATUS_EVENTS:
             self.pending.append(ProgressEvent(seq, "status", {"status": event.response.status}))
-            if event.response.status in TERMINAL: return state_of(event.response.model_dump(exclude_none=True))
+            if event.response.status != "queued": return state_of(event.response.model_dump(exclude_none=True))
         return None
 
     def _delta(self, kind: str, text: str, seq: int):
@@ -128,11 +128,14 @@ class Relay:
             stream = self.stream or await self.hub.gateway.resume(self.task["response_id"], self.recorder.seq)
             self.stream, before = None, self.recorder.seq
             async for event in self.hub.gateway.events(stream):
-                if (final := self.recorder.add(event)) is not None:
-                    await self._flush()
-                    await self.hub.record(self.task, final)
-                    self.hub.wake(self.task["id"])
-                    return
+                if (moved := self.recorder.add(event)) is None: continue
+                if moved.status not in TERMINAL:
+                    await self.hub.record(self.task, moved)
+                    continue
+                await self._flush()
+                await self.hub.record(self.task, moved)
+                self.hub.wake(self.task["id"])
+                return
             current = await self.hub.store.get(self.task["id"])
             if current is None or current["status"] in TERMINAL: return
             fruitless = 0 if self.recorder.seq > before else fruitless + 1

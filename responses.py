@@ -172,8 +172,11 @@ def queue_request(fields: dict, headers, settings: Settings) -> QueueRequest:
     model = model_named(name)
     effort = text_field(fields, "reasoning_effort") or None
     if effort is not None and effort not in model.efforts:
-        allowed = f"choose one of {', '.join(model.efforts)}" if model.efforts else "it takes none"
-        raise BadRequest(400, f"Unknown reasoning_effort {effort[:20]!r} for {name}: {allowed}", "unknown_reasoning_effort")
+        if not model.efforts:
+            raise BadRequest(400, f"{name} is not a reasoning model and takes no reasoning_effort: leave it out",
+                             "unknown_reasoning_effort")
+        raise BadRequest(400, f"Unknown reasoning_effort {effort[:20]!r} for {name}: choose one of {', '.join(model.efforts)}",
+                         "unknown_reasoning_effort")
     key = text_field({"key": headers.get("idempotency-key")}, "key") or text_field(fields, "idempotency_key") or None
     if key is not None and len(key) > 200: raise BadRequest(400, "The idempotency key is over 200 characters")
     return QueueRequest(prompt, name, effort, tools_field(fields, model, settings),

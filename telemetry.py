@@ -7,7 +7,9 @@ import json
 import logging
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+
+disable_created_metrics()  # no `*_created` series: a counter's start time is the process's
 
 REGISTRY = CollectorRegistry()
 REQUESTS = Counter("app_requests", "HTTP requests answered, by route and status", ["route", "status"], registry=REGISTRY)

@@ -119,9 +119,10 @@ def running_card(task: dict, progress: ProgressState):
     return Article(
         card_header(task, live=True), prompt_details(task),
         Details(Summary("Reasoning summary"), Div(*summary_part(progress.summary), sse_swap="reasoning_summary.delta",
-                                                  hx_swap="innerHTML", cls="task-summary")),
-        Details(Summary("Steps"), Ol(*steps_part(progress.steps), sse_swap="step", hx_swap="innerHTML", cls="task-steps")),
-        Div(*answer_part(task, progress.text), sse_swap="output_text.delta", hx_swap="innerHTML", cls="task-live"),
+                                                  hx_swap="innerHTML", cls="task-summary"), open=True),
+        Details(Summary("Steps"), Ol(*steps_part(progress.steps), sse_swap="step", hx_swap="innerHTML", cls="task-steps"),
+                open=True),
+        Div(*answer_part(task, progress), sse_swap="output_text.delta", hx_swap="innerHTML", cls="task-live"),
         id=f"task-{task['id']}", cls="task running", data_task_id=task["id"], data_status=task["status"],
         hx_ext="sse", sse_connect=f"/api/events/{task['id']}?format=html&after={progress.last}", sse_close="done",
         sse_swap="done", hx_swap="outerHTML", hx_get=f"/api/status/{task['id']}", hx_trigger="htmx:sseError delay:2s")
@@ -136,21 +137,25 @@ def steps_part(steps: list[dict]):
                  for step in steps)
 
 
-def answer_part(task: dict, text: str):
-    "The answer so far, rendered, and what it has cost so far (an estimate from the model's price)."
-    so_far = cost_usd(model_named(task["model"]), {"input_tokens": len(task["prompt"]) // 4, "output_tokens": len(text) // 4})
+def answer_part(task: dict, progress: ProgressState):
+    """The answer so far, rendered, and what the run has cost so far: an estimate from the model's price, its web
+    searches, and the text written (about 4 characters a token; reasoning tokens are not seen until the end)."""
+    text, searches = progress.text, sum(step["type"] == "web_search" for step in progress.steps)
+    so_far = cost_usd(model_named(task["model"]), {"input_tokens": len(task["prompt"]) // 4,
+                                                   "output_tokens": (len(text) + len(progress.summary)) // 4}, searches)
     return (Div(NotStr(markdown_html(text)), cls="task-output") if text else Small("The answer appears here as it is written.",
                                                                                    cls="muted"),
             Small(f"≈ ${so_far:.4f} so far (estimate)", cls="task-usage") if so_far is not None else None)
 
 
 def progress_html(events, state: ProgressState, task: dict, ended: bool) -> bytes:
-    "The page's progress stream: each changed part of a running card as HTML, and `done` as the finished card."
+    """The page's progress stream: each changed part of a running card as HTML (the answer's part, with its running
+    cost, also when a step was made), and `done` as the finished card."""
     if ended: return sse("done", card_html(task), state.last + 1).encode()
-    kinds = {event.kind: event.seq for event in events}
+    changed = {event.kind for event in events} | ({"output_text.delta"} if any(e.kind == "step" for e in events) else set())
     parts = {"status": lambda: status_badge(state.status), "reasoning_summary.delta": lambda: summary_part(state.summary),
-             "step": lambda: steps_part(state.steps), "output_text.delta": lambda: answer_part(task, state.text)}
-    return "".join(sse(kind, to_xml(draw()), kinds[kind]) for kind, draw in parts.items() if kind in kinds).encode()
+             "step": lambda: steps_part(state.steps), "output_text.delta": lambda: answer_part(task, state)}
+    return "".join(sse(kind, to_xml(draw()), state.last) for kind, draw in parts.items() if kind in changed).encode()
 
 
 def running_card_html(task: dict, progress: ProgressState) -> str:
@@ -180,9 +185,9 @@ def model_effort(task: dict) -> str:
     return f" ({task['reasoning_effort']} reasoning)" if task["reasoning_effort"] else ""
 
 
-def model_picker(models: tuple[str, ...]):
+def model_picker(models: tuple[str, ...], chosen: str | None = None):
     if len(models) == 1: return Hidden(name="model", value=models[0])
-    return Label("Model", Select(*[Option(m, value=m) for m in models], name="model"))
+    return Label("Model", Select(*[Option(m, value=m, selected=m == chosen) for m in models], name="model"))
 
 
 def effort_picker(models: tuple[str, ...]):
@@ -206,12 +211,12 @@ def limits_picker():
                        cls="grid"), cls="form-limits")
 
 
-def prompt_form(settings: Settings, **attrs):
-    "The prompt form; every render carries a fresh idempotency key, so a double submit queues once."
+def prompt_form(settings: Settings, chosen_model: str | None = None, **attrs):
+    "The prompt form (the last model chosen kept); every render carries a fresh idempotency key, so a double submit queues once."
     return Form(
         Label("Prompt", Textarea(name="prompt", rows=8, required=True, maxlength=settings.max_prompt_chars,
                                  placeholder="A deep-research question, a long report to write…")),
-        Div(model_picker(settings.allowed_models), effort_picker(settings.allowed_models), cls="form-options grid"),
+        Div(model_picker(settings.allowed_models, chosen_model), effort_picker(settings.allowed_models), cls="form-options grid"),
         tool_choices(settings.tools),
         limits_picker(),
         Hidden(name="idempotency_key", value=secrets.token_urlsafe(16)),
@@ -288,9 +293,7 @@ def page(tasks: list[dict], progress: dict[str, ProgressState], settings: Settin
 
 def task_page(task: dict, progress: ProgressState | None):
     "One task: its whole result, sources, summary, steps, usage and cost, or its progress while it runs."
-    return layout(Header(H1("Background prompts"), P(A("← All tasks", href="/"))),
-                  Div(card(task, progress), Details(Summary("Prompt"), Div(task["prompt"], cls="task-prompt"), open=True),
-                      cls="task-page"))
+    return layout(Header(H1("Background prompts"), P(A("← All tasks", href="/"))), Div(card(task, progress), cls="task-page"))
 
 
 def signin_page(error: str = ""):

@@ -14,7 +14,7 @@
 
   function tick() {
     document.querySelectorAll("[data-elapsed-since]").forEach(function (element) {
-      element.textContent = "running for " + duration(Date.now() / 1000 - Number(element.dataset.elapsedSince));
+      element.textContent = duration(Date.now() / 1000 - Number(element.dataset.elapsedSince)) + " so far";
     });
   }
 

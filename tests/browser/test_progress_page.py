@@ -77,5 +77,5 @@ def test_the_task_page_shows_the_whole_result(visit_server):
     expect(page.locator(".task-page .task-sources li")).to_have_count(3)
     expect(page.locator(".task-page")).to_contain_text("Reasoning summary")
     expect(page.locator(".task-page")).to_contain_text("(estimate)")
-    expect(page.locator(".task-page details").last).to_contain_text(QUESTION)
+    expect(page.locator(".task-page .task-prompt-details")).to_contain_text(QUESTION)
     assert_stayed_local(visitor)
