@@ -17,7 +17,6 @@ The load generator is this process (asyncio + httpx2); its CPU and its event loo
 """
 import asyncio
 import bisect
-import contextlib
 import json
 import re
 import resource
@@ -31,7 +30,7 @@ import httpx2
 
 from harness import BenchError, cpu_seconds, queue_tasks, say
 from runner import Row, fmt, main, times, within
-from viewer_retrieves import PERIOD, poll
+from viewer_retrieves import poll
 
 MODEL = "o4-mini-deep-research"
 EVENT_ID = re.compile(rb"^id: (\d+)$", re.M)
