@@ -477,9 +477,11 @@ async def test_the_local_hosts_with_any_port_are_answered(make_harness, host):
 
 @pytest.fixture
 async def roomy(make_harness):
-    "An app whose body limit lets 100,000-deep JSON reach the parser."
-    return await make_harness(max_prompt_chars=100_000, access_tokens=TOKENS, queue_rate="100000/minute",
-                              signin_rate="100000/minute")
+    """An app whose body limit lets 100,000-deep JSON reach the parser, and whose one task stays as queued (a long demo,
+    no stream recorded), so that any change to the store is one a bad request made."""
+    harness = await make_harness(max_prompt_chars=100_000, access_tokens=TOKENS, queue_rate="100000/minute",
+                                 signin_rate="100000/minute", demo_delay_seconds=600)
+    return harness.without_relay()
 
 
 def cursor(raw: str) -> str: return base64.urlsafe_b64encode(raw.encode()).decode()
