@@ -9,6 +9,7 @@ import httpx2
 import pytest
 
 from config import new_webhook_secret
+from store import new_task_row
 from tests.conftest import LiveServer, free_port, wait_for
 
 DR = {"model": "o4-mini-deep-research"}
@@ -123,6 +124,21 @@ async def test_the_end_is_recorded_even_when_no_stream_works(make_harness):
     async def completed():
         return (await harness.status(task["id"])).json()["status"] == "completed"
     await wait_for(completed)
+
+
+async def test_a_quiet_stream_gets_keep_alives_and_its_viewer_leaves_nothing_running(make_harness):
+    "A task with nothing to record (no response yet) gets a keep-alive per `quiet_seconds` from its follower."
+    harness = await make_harness()
+    row = new_task_row(id="task_quietkeepalive01", owner="someone", account="someone", prompt="Quiet", model="gpt-5-mini",
+                       status="in_progress")
+    task, _ = await (await harness.store()).create(row, 5)
+    hub = harness.services.tasks.progress
+    viewer = hub.watch(task, -1, lambda events, state, task, ended: b"batch", quiet_seconds=0.3)
+    started = time.monotonic()
+    assert [await asyncio.wait_for(anext(viewer), 5) for _ in range(3)] == [None, None, None]
+    assert time.monotonic() - started >= 0.6
+    await viewer.aclose()
+    await wait_for(lambda: task["id"] not in hub.followers)
 
 
 async def test_events_stop_after_events_max_seconds_with_keep_alives(make_harness):
