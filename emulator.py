@@ -603,7 +603,7 @@ class Emulator:
         try:
             async with httpx2.AsyncClient(transport=transport, timeout=10) as client:
                 return (await client.post(url, content=body, headers=headers)).status_code
-        except httpx2.HTTPError as exc:
+        except Exception as exc:  # any failed attempt is retried, as OpenAI does: not only httpx's own errors
             log.info("webhook delivery to %s failed: %s", url if is_url else "the app", type(exc).__name__)
             return None
 

@@ -4,11 +4,12 @@ import json
 import time
 from datetime import datetime, timezone
 
+import httpx2
 import pytest
 from standardwebhooks import Webhook
 
 from config import new_webhook_secret
-from emulator import sign, signed_headers
+from emulator import Emulator, sign, signed_headers
 from tests.conftest import wait_for
 
 
@@ -183,3 +184,23 @@ async def test_a_copy_arriving_while_the_first_fails_is_not_acknowledged(harness
     redelivered = await harness.deliver(body, headers)
     assert redelivered.status_code == 200 and redelivered.json()["outcome"] == "updated"
     assert (await (await harness.store()).get(task["id"]))["status"] == "completed"
+
+
+async def test_a_delivery_attempt_that_fails_in_any_way_is_retried():
+    "The emulator retries as OpenAI does whatever broke an attempt (here the receiver raising), not only httpx's errors."
+    attempts = []
+
+    async def receiver(scope, receive, send):
+        attempts.append(scope["path"])
+        if len(attempts) == 1: raise RuntimeError("the connection broke in a way httpx does not wrap")
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    emulator = Emulator(receiver, new_webhook_secret(), delay=0)
+    async with httpx2.AsyncClient(transport=httpx2.ASGITransport(app=emulator.app), base_url="http://emulator") as client:
+        created = await client.post("/v1/responses", headers={"Authorization": "Bearer sk-test"},
+                                    json={"model": "gpt-5-mini", "input": "Hello", "background": True})
+        assert created.status_code == 200, created.text
+        await wait_for(lambda: [d["status"] for d in emulator.deliveries] == [None, 200], timeout=10)
+    await emulator.stop()
+    assert len(attempts) == 2
