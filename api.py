@@ -5,21 +5,20 @@ and the most requested route, the status a running card polls, pays for no per-r
 """
 import logging
 import re
-import time
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 
 import ui
 from access import with_owner
 from models import cost_bound_usd, model_named
 from openai_client import OpenAIError, WebhookNotConfigured, WebhookRejected
-from responses import (BadRequest, decode_cursor, encode_cursor, error_response, fragment, json_error, not_found,
+from responses import (BadRequest, EventStreamResponse, decode_cursor, encode_cursor, error_response, fragment, json_error, not_found,
                        parse_fields, progress_json, queue_request, retry_header, task_answer, task_json, wants_html)
 from render import markdown_export
 from services import Services
 from store import TERMINAL, StoreUnavailable
-from telemetry import OPEN_STREAMS, WEBHOOKS, event, metrics_text
+from telemetry import WEBHOOKS, event, metrics_text
 from tasks import IdempotencyConflict, QueueRefused, WebhookBusy
 
 log = logging.getLogger("api")
@@ -77,19 +76,13 @@ async def events(request: Request, owner: str) -> Response:
     task = await owned_task(request, owner)
     if task is None: return not_found(request, request.path_params["task_id"])
     format = ui.progress_html if request.query_params.get("format") == "html" else progress_json
-    return StreamingResponse(event_stream(Services.of(request), task, int(after), format), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    svc = Services.of(request)
+    quiet_seconds = min(KEEPALIVE_SECONDS, svc.settings.stream_seconds)
 
-
-async def event_stream(svc: Services, task: dict, after: int, format):
-    deadline = time.monotonic() + svc.settings.stream_seconds
-    OPEN_STREAMS.inc()
-    try:
-        yield b"retry: 2000\n\n"
-        async for chunk in svc.tasks.progress.watch(task, after, format, min(KEEPALIVE_SECONDS, svc.settings.stream_seconds)):
-            yield chunk if chunk is not None else b": keep-alive\n\n"
-            if time.monotonic() > deadline: return
-    finally: OPEN_STREAMS.dec()
+    async def watch(write):
+        await write(b"retry: 2000\n\n")
+        await svc.tasks.progress.watch(task, int(after), format, write, quiet_seconds, svc.settings.stream_seconds)
+    return EventStreamResponse(watch, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 @with_owner()

@@ -5,14 +5,17 @@ progress log: status changes, answer and reasoning-summary text (deltas coalesce
 steps (web searches, file searches, tool calls). Each recorded event's id is the sequence number of the last
 OpenAI event it holds, so a relay that dies is resumed by the next one from `starting_after` that id: nothing
 lost, nothing doubled. One follower per task per process reads the log (woken by a relay in this process, or
-polling one elsewhere) and fans each batch out to its viewers, formatted once per batch for all of them.
+polling one elsewhere) and writes each batch to its viewers' streams itself, formatted once for all of them: a
+viewer has no task of its own to wake.
 The log is a bonus for viewers: the task's end is still recorded by the webhook and by reconcile-on-read.
 """
 import asyncio
 import json
 import logging
 import secrets
+import sys
 import time
+import types
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -29,6 +32,7 @@ PUBLISH_GAP_SECONDS = 0.25
 MAX_EVENTS_PER_TASK = 5_000
 RESUME_ATTEMPTS = 5
 KEPT_STATES = 1_000
+KEEP_ALIVE = b": keep-alive\n\n"
 STATUS_EVENTS = {f"response.{s}" for s in ("created", "queued", "in_progress", *TERMINAL)}
 
 
@@ -189,7 +193,7 @@ class Follower:
                 await asyncio.sleep(PUBLISH_GAP_SECONDS)
         except Exception as exc:
             if not self.started.done(): self.started.set_exception(exc)
-            for viewer in self.viewers: viewer.inbox.put_nowait(Batch(self.state.last, b"", True))
+            for viewer in list(self.viewers): viewer.hand(Batch(self.state.last, b"", True))
             raise
         finally:
             self.hub.followers.pop(self.task_id, None)
@@ -200,16 +204,16 @@ class Follower:
         awaited between moving `state.last` and handing the batch, so a batch is wholly before or after it."""
         task = await self.hub.store.get(self.task_id)
         if task is None:
-            for viewer in self.viewers: viewer.inbox.put_nowait(Batch(self.state.last, b"", True))
+            for viewer in list(self.viewers): viewer.hand(Batch(self.state.last, b"", True))
             return True
         ended = task["status"] in TERMINAL
         events = [decoded(r) for r in await self.hub.store.progress_after(self.task_id, self.state.last)]
         self.state.apply(events)
         if events or ended:
             formatted = {}
-            for viewer in self.viewers:
+            for viewer in list(self.viewers):
                 if viewer.format not in formatted: formatted[viewer.format] = viewer.format(events, self.state, task, ended)
-                viewer.inbox.put_nowait(Batch(self.state.last, formatted[viewer.format], ended))
+                viewer.hand(Batch(self.state.last, formatted[viewer.format], ended))
         return ended
 
 
@@ -220,10 +224,69 @@ class Batch:
     ended: bool
 
 
-@dataclass(eq=False)
+def start_now(coroutine) -> asyncio.Task | None:
+    """Run `coroutine` here and now up to its first wait, as Python 3.12's eager tasks do: None if it finished
+    without waiting, else the task that finishes it. What it raises before waiting is raised here."""
+    try: waited = coroutine.send(None)
+    except StopIteration: return None
+    return asyncio.ensure_future(resumed(coroutine, waited))
+
+
+@types.coroutine
+def resumed(coroutine, waited):
+    "Go on with a coroutine `start_now` ran up to `waited`, as its own task would: yield what it waits for, pass in what comes."
+    while True:
+        try:
+            try: yield waited
+            except BaseException as exc: waited = coroutine.throw(exc)
+            else: waited = coroutine.send(None)
+        except StopIteration as stop: return stop.value
+
+
 class Viewer:
-    format: object
-    inbox: asyncio.Queue = field(default_factory=asyncio.Queue)
+    """One open stream. Its follower hands it each batch and it writes the batch at once, in the follower's task
+    (a viewer has no task of its own to wake). While a write waits (for its replay to be read, or for a client
+    that reads slowly) later chunks wait behind it and then go as one write."""
+
+    def __init__(self, format, write):
+        self.format, self.write = format, write
+        self.boundary = sys.maxsize
+        self.writing: asyncio.Future | None = asyncio.get_running_loop().create_future()
+        self.writing.add_done_callback(self._written)
+        self.backlog: list[bytes] = []
+        self.ending = False
+        self.finished = asyncio.get_running_loop().create_future()
+        self.written_at = time.monotonic()
+
+    def hand(self, batch: Batch):
+        "Write a batch the replay did not already hold; the last one (`ended`) finishes the stream."
+        if batch.last > self.boundary or batch.ended: self.send(batch.chunk, batch.ended)
+
+    def send(self, chunk: bytes, last: bool = False):
+        self.ending = self.ending or last
+        if self.writing is not None: return self.backlog.append(chunk)
+        if chunk:
+            self.written_at = time.monotonic()
+            try: self.writing = start_now(self.write(chunk))
+            except Exception as exc: return self.leave(exc)
+        if self.writing is not None: self.writing.add_done_callback(self._written)
+        elif self.ending: self.leave()
+
+    def replayed(self, chunk: bytes):
+        "The replay is ready: it goes first, then what was handed meanwhile."
+        self.backlog.insert(0, chunk)
+        self.writing.set_result(None)
+
+    def _written(self, writing: asyncio.Future):
+        self.writing = None
+        if writing.cancelled(): return self.leave()
+        if error := writing.exception(): return self.leave(error)
+        chunk, self.backlog = b"".join(self.backlog), []
+        self.send(chunk)
+
+    def leave(self, error: Exception | None = None):
+        if error is not None: log.info("a progress stream stopped: %r", error)
+        if not self.finished.done(): self.finished.set_result(None)
 
 
 class ProgressHub:
@@ -272,11 +335,12 @@ class ProgressHub:
         while len(self.states) > KEPT_STATES: self.states.popitem(last=False)
         return state
 
-    async def watch(self, task: dict, after: int, format, quiet_seconds: float):
-        """The task's progress for one viewer as formatted chunks: what was recorded after `after`, then what comes,
-        ending with `done`; None after `quiet_seconds` without any (for a keep-alive). Its follower starts a relay
-        if the task's has died. Nothing stays running for the viewer once it leaves (closes this generator)."""
-        viewer = Viewer(format)
+    async def watch(self, task: dict, after: int, format, write, quiet_seconds: float, seconds: float):
+        """Write the task's progress to one viewer (`write(chunk)`, async): what was recorded after `after`, then
+        each batch as it comes, to `done`; a keep-alive after `quiet_seconds` without any; returns at `done` or after
+        `seconds`. Its follower starts a relay if the task's has died. Nothing stays running for the viewer once this
+        returns or is cancelled (the viewer left)."""
+        viewer = Viewer(format, write)
         follower = self.followers.get(task["id"])
         if follower is None:
             follower = self.followers[task["id"]] = Follower(self, task["id"])
@@ -284,18 +348,17 @@ class ProgressHub:
         follower.viewers.add(viewer)
         try:
             await follower.started
-            boundary, ended = follower.state.last, task["status"] in TERMINAL
+            viewer.boundary, ended = follower.state.last, task["status"] in TERMINAL
             recorded = [decoded(r) for r in await self.store.progress_after(task["id"], -1)]
             state = ProgressState()
-            state.apply([e for e in recorded if e.seq <= boundary])
-            replay = [e for e in recorded if after < e.seq <= boundary]
-            if replay or ended: yield format(replay, state, task, ended)
-            while not ended:
-                try:
-                    async with asyncio.timeout(quiet_seconds): batch = await viewer.inbox.get()
-                except TimeoutError:
-                    yield None
-                    continue
-                if batch.last > boundary or batch.ended: yield batch.chunk
-                ended = batch.ended
-        finally: follower.viewers.discard(viewer)
+            state.apply([e for e in recorded if e.seq <= viewer.boundary])
+            replay = [e for e in recorded if after < e.seq <= viewer.boundary]
+            viewer.ending = ended
+            viewer.replayed(format(replay, state, task, ended) if replay or ended else b"")
+            deadline = time.monotonic() + seconds
+            while not viewer.finished.done() and (left := deadline - time.monotonic()) > 0:
+                await asyncio.wait([viewer.finished], timeout=min(quiet_seconds, left))
+                if time.monotonic() - viewer.written_at >= quiet_seconds: viewer.send(KEEP_ALIVE)
+        finally:
+            follower.viewers.discard(viewer)
+            if viewer.writing is not None: viewer.writing.cancel()

@@ -1,4 +1,5 @@
 """The HTTP contract's shapes (DESIGN.md): reading a queue request, the error shape, task JSON, HTMX fragments."""
+import asyncio
 import base64
 import binascii
 import json
@@ -20,6 +21,7 @@ from models import Model, model_named
 from progress import sse
 from store import TERMINAL, RunningCapReached, StoreUnavailable
 from tasks import TASK_ID, QueueRequest
+from telemetry import OPEN_STREAMS
 
 log = logging.getLogger("app")
 
@@ -76,6 +78,34 @@ def task_answer(request: Request, task: dict, progress=None, status: int = 200) 
     if progress is not None and task["status"] not in TERMINAL:
         return HTMLResponse(ui.running_card_html(task, progress), status_code=status)
     return HTMLResponse(ui.card_html(task), status_code=status)
+
+
+class EventStreamResponse(Response):
+    """Server-Sent Events written by `watch(write)`, from whichever task has them (the progress follower writes each
+    batch to its viewers itself); the stream ends when `watch` returns, and `watch` is cancelled if the client leaves."""
+    media_type = "text/event-stream"
+
+    def __init__(self, watch, headers: dict):
+        self.watch, self.status_code, self.background = watch, 200, None
+        self.init_headers(headers)
+
+    async def __call__(self, scope, receive, send):
+        async def write(chunk: bytes): await send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+        async def client_left():
+            while (await receive())["type"] != "http.disconnect": pass
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        OPEN_STREAMS.inc()
+        watching, leaving = asyncio.ensure_future(self.watch(write)), asyncio.ensure_future(client_left())
+        try:
+            await asyncio.wait([watching, leaving], return_when=asyncio.FIRST_COMPLETED)
+            if watching.done():
+                watching.result()
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            OPEN_STREAMS.dec()
+            for task in (watching, leaving): task.cancel()
+            await asyncio.gather(watching, leaving, return_exceptions=True)
 
 
 def page(ft, status: int = 200, headers: dict | None = None) -> HTMLResponse:

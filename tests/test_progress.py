@@ -9,6 +9,8 @@ import httpx2
 import pytest
 
 from config import new_webhook_secret
+from progress import KEEP_ALIVE
+from responses import progress_json
 from store import new_task_row
 from tests.conftest import LiveServer, free_port, wait_for
 
@@ -127,18 +129,47 @@ async def test_the_end_is_recorded_even_when_no_stream_works(make_harness):
 
 
 async def test_a_quiet_stream_gets_keep_alives_and_its_viewer_leaves_nothing_running(make_harness):
-    "A task with nothing to record (no response yet) gets a keep-alive per `quiet_seconds` from its follower."
+    "A task with nothing to record (no response yet) gets a keep-alive per `quiet_seconds`."
     harness = await make_harness()
     row = new_task_row(id="task_quietkeepalive01", owner="someone", account="someone", prompt="Quiet", model="gpt-5-mini",
                        status="in_progress")
     task, _ = await (await harness.store()).create(row, 5)
-    hub = harness.services.tasks.progress
-    viewer = hub.watch(task, -1, lambda events, state, task, ended: b"batch", quiet_seconds=0.3)
-    started = time.monotonic()
-    assert [await asyncio.wait_for(anext(viewer), 5) for _ in range(3)] == [None, None, None]
-    assert time.monotonic() - started >= 0.6
-    await viewer.aclose()
+    hub, written, started = harness.services.tasks.progress, [], time.monotonic()
+
+    async def write(chunk): written.append(chunk)
+    watching = asyncio.create_task(hub.watch(task, -1, lambda *_: b"batch", write, quiet_seconds=0.3, seconds=60))
+    await wait_for(lambda: len(written) >= 3, timeout=5)
+    assert written[:3] == [KEEP_ALIVE] * 3 and time.monotonic() - started >= 0.6
+    watching.cancel()
     await wait_for(lambda: task["id"] not in hub.followers)
+
+
+class Written:
+    "What a viewer's `write` was given, read back as a response's lines."
+
+    def __init__(self, chunks: list[bytes]): self.chunks = chunks
+
+    async def aiter_lines(self):
+        for line in b"".join(self.chunks).decode().split("\n"): yield line
+
+
+async def test_a_viewer_that_reads_slowly_holds_up_no_other_and_misses_nothing(make_harness):
+    """A viewer whose socket stops taking writes: the others still get every batch at once, and the chunks handed to
+    it meanwhile go out as one write when it takes writes again."""
+    harness = await make_harness(demo_delay_seconds=1.5)
+    task = (await harness.queue("Read slowly", **DR)).json()
+    hub, chunks, unblocked = harness.services.tasks.progress, [], asyncio.Event()
+
+    async def blocked_write(chunk):
+        if not chunks: await unblocked.wait()
+        chunks.append(chunk)
+    slow = asyncio.create_task(hub.watch(task, -1, progress_json, blocked_write, quiet_seconds=30, seconds=60))
+    others = await asyncio.wait_for(watch(harness.client, task["id"]), 30)
+    assert others[-1]["event"] == "done" and not chunks and not slow.done()
+    unblocked.set()
+    await asyncio.wait_for(slow, 5)
+    assert len(chunks) == 2, "the first write, then all that was handed while it waited, as one"
+    assert await read_events(Written(chunks)) == others
 
 
 async def test_events_stop_after_events_max_seconds_with_keep_alives(make_harness):
