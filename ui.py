@@ -12,7 +12,7 @@ from cache import BoundedCache
 from config import Settings
 from models import cost_usd, model_named
 from progress import ProgressState, sse
-from render import markdown_html
+from render import growing_markdown_html, markdown_html
 from store import TERMINAL
 
 HTMX_CONFIG = {
@@ -118,7 +118,7 @@ def running_card(task: dict, progress: ProgressState):
     the card reloads itself from the status route (and tries the stream again) every 2 s: polling only then."""
     return Article(
         card_header(task, live=True), prompt_details(task),
-        Details(Summary("Reasoning summary"), Div(*summary_part(progress.summary), sse_swap="reasoning_summary.delta",
+        Details(Summary("Reasoning summary"), Div(*live_summary_part(progress.summary), sse_swap="reasoning_summary.delta",
                                                   hx_swap="innerHTML", cls="task-summary"), open=True),
         Details(Summary("Steps"), Ol(*steps_part(progress.steps), sse_swap="step", hx_swap="innerHTML", cls="task-steps"),
                 open=True),
@@ -128,8 +128,11 @@ def running_card(task: dict, progress: ProgressState):
         sse_swap="done", hx_swap="outerHTML", hx_get=f"/api/status/{task['id']}", hx_trigger="htmx:sseError delay:2s")
 
 
-def summary_part(summary: str):
-    return (NotStr(markdown_html(summary)),) if summary else (Small("Nothing yet.", cls="muted"),)
+def summary_part(summary: str, html=markdown_html):
+    return (NotStr(html(summary)),) if summary else (Small("Nothing yet.", cls="muted"),)
+
+
+def live_summary_part(summary: str): return summary_part(summary, growing_markdown_html)
 
 
 def steps_part(steps: list[dict]):
@@ -143,7 +146,7 @@ def answer_part(task: dict, progress: ProgressState):
     text, searches = progress.text, sum(step["type"] == "web_search" for step in progress.steps)
     so_far = cost_usd(model_named(task["model"]), {"input_tokens": len(task["prompt"]) // 4,
                                                    "output_tokens": (len(text) + len(progress.summary)) // 4}, searches)
-    return (Div(NotStr(markdown_html(text)), cls="task-output") if text else Small("The answer appears here as it is written.",
+    return (Div(NotStr(growing_markdown_html(text)), cls="task-output") if text else Small("The answer appears here as it is written.",
                                                                                    cls="muted"),
             Small(f"≈ ${so_far:.4f} so far (estimate)", cls="task-usage") if so_far is not None else None)
 
@@ -153,7 +156,7 @@ def progress_html(events, state: ProgressState, task: dict, ended: bool) -> byte
     cost, also when a step was made), and `done` as the finished card."""
     if ended: return sse("done", card_html(task), state.last + 1).encode()
     changed = {event.kind for event in events} | ({"output_text.delta"} if any(e.kind == "step" for e in events) else set())
-    parts = {"status": lambda: status_badge(state.status), "reasoning_summary.delta": lambda: summary_part(state.summary),
+    parts = {"status": lambda: status_badge(state.status), "reasoning_summary.delta": lambda: live_summary_part(state.summary),
              "step": lambda: steps_part(state.steps), "output_text.delta": lambda: answer_part(task, state)}
     return "".join(sse(kind, to_xml(draw()), state.last) for kind, draw in parts.items() if kind in changed).encode()
 

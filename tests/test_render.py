@@ -3,7 +3,7 @@ import re
 
 import pytest
 
-from render import markdown_html
+from render import blocks, growing_markdown_html, markdown_html
 
 XSS_PAYLOADS = [
     "<script>alert(1)</script>",
@@ -32,9 +32,10 @@ XSS_PAYLOADS = [
 ]
 
 
+@pytest.mark.parametrize("render", [markdown_html, growing_markdown_html])
 @pytest.mark.parametrize("payload", XSS_PAYLOADS)
-def test_nothing_executable_survives(payload):
-    html = markdown_html(payload).lower()
+def test_nothing_executable_survives(payload, render):
+    html = render(payload).lower()
     assert "<script" not in html and "<iframe" not in html and "<svg" not in html and "<style" not in html
     assert "<form" not in html and "<input" not in html and "<img" not in html and "<object" not in html
     assert not re.search(r"<[^>]*\son\w+\s*=", html), html
@@ -55,3 +56,43 @@ def test_markdown_is_rendered():
 def test_raw_text_stays_available_in_the_api_shape():
     text = "<b>raw</b> **md**"
     assert "&lt;b&gt;raw&lt;/b&gt;" in markdown_html(text)
+
+
+REPORT = """# Tides
+
+The **Moon** pulls the oceans [NOAA](https://oceanservice.noaa.gov/).
+A second line.
+
+1. Spring tides
+
+   come at new and full moon.
+
+2. Neap tides
+
+- tight
+- list
+
+```python
+high = 1
+
+low = 0
+```
+
+    indented code
+
+> quoted
+
+| tide | when |
+| --- | --- |
+| spring | full moon |
+
+---
+The end.
+"""
+
+
+def test_an_answer_rendered_as_it_grows_is_rendered_as_whole_at_every_length():
+    "Rendered block by block while it is written, the answer reads exactly as rendered whole, at any length."
+    assert len(blocks(REPORT)) >= 6, "finished blocks are rendered once and kept"
+    for end in range(1, len(REPORT) + 1):
+        assert growing_markdown_html(REPORT[:end]) == markdown_html(REPORT[:end]), REPORT[:end]
