@@ -4,9 +4,10 @@ One relay per task (a lease in the store says whose) reads OpenAI's stream of th
 progress log: status changes, answer and reasoning-summary text (deltas coalesced, a few writes a second), and
 steps (web searches, file searches, tool calls). Each recorded event's id is the sequence number of the last
 OpenAI event it holds, so a relay that dies is resumed by the next one from `starting_after` that id: nothing
-lost, nothing doubled. One follower per task per process reads the log (woken by a relay in this process, or
-polling one elsewhere) and writes each batch to its viewers' streams itself, formatted once for all of them: a
-viewer has no task of its own to wake.
+lost, nothing doubled. One follower per task per process reads the log (woken by a relay in this process as
+soon as it reads an event, which it then flushes first; or polling one elsewhere) and writes each batch to its
+viewers' streams itself, formatted once for all of them: a viewer has no task of its own to wake. A batch goes at
+once after a quiet spell, then at most one per PUBLISH_GAP_SECONDS, each one write per viewer.
 The log is a bonus for viewers: the task's end is still recorded by the webhook and by reconcile-on-read.
 """
 import asyncio
@@ -28,7 +29,7 @@ log = logging.getLogger("progress")
 FLUSH_SECONDS = 0.2
 LEASE_SECONDS = 6.0
 FOLLOW_POLL_SECONDS = 0.5
-PUBLISH_GAP_SECONDS = 0.5
+PUBLISH_GAP_SECONDS = 0.8
 MAX_EVENTS_PER_TASK = 5_000
 RESUME_ATTEMPTS = 5
 KEPT_STATES = 1_000
@@ -111,7 +112,8 @@ class Relay:
 
     def __init__(self, hub: "ProgressHub", task: dict, stream=None):
         self.hub, self.task, self.stream = hub, task, stream
-        self.recorder, self.recorded = Recorder(), 0
+        self.recorder, self.recorded, self.flushing = Recorder(), 0, asyncio.Lock()
+        self.reading: asyncio.Task | None = None
 
     async def run(self):
         task_id = self.task["id"]
@@ -122,7 +124,7 @@ class Relay:
         except StoreUnavailable as exc: log.warning("progress of %s not recorded: %s", task_id, exc)
         finally:
             flusher.cancel()
-            await self._flush()
+            await self.flush()
             await self.hub.store.release_relay(task_id, self.hub.holder)
 
     async def _read(self):
@@ -132,11 +134,13 @@ class Relay:
             stream = self.stream or await self.hub.gateway.resume(self.task["response_id"], self.recorder.seq)
             self.stream, before = None, self.recorder.seq
             async for event in self.hub.gateway.events(stream):
-                if (moved := self.recorder.add(event)) is None: continue
+                if (moved := self.recorder.add(event)) is None:
+                    if self.recorder.pending: self.hub.wake(self.task["id"])
+                    continue
                 if moved.status not in TERMINAL:
                     await self.hub.record(self.task, moved)
                     continue
-                await self._flush()
+                await self.flush()
                 await self.hub.record(self.task, moved)
                 self.hub.wake(self.task["id"])
                 return
@@ -145,24 +149,26 @@ class Relay:
             fruitless = 0 if self.recorder.seq > before else fruitless + 1
             await asyncio.sleep(min(2 ** fruitless - 1, 10))
 
-    async def _flush(self):
-        events = self.recorder.take()
-        if self.recorded >= MAX_EVENTS_PER_TASK: events = [e for e in events if e.kind in ("status", "step")]
-        if not events: return
-        await self.hub.store.append_progress(self.task["id"], [(e.seq, e.kind, json.dumps(e.data)) for e in events])
-        self.recorded += len(events)
+    async def flush(self):
+        "Record what was read since the last flush (one flush at a time, so the log is written in order)."
+        async with self.flushing:
+            events = self.recorder.take()
+            if self.recorded >= MAX_EVENTS_PER_TASK: events = [e for e in events if e.kind in ("status", "step")]
+            if not events: return
+            await self.hub.store.append_progress(self.task["id"], [(e.seq, e.kind, json.dumps(e.data)) for e in events])
+            self.recorded += len(events)
         self.hub.wake(self.task["id"])
 
     async def _flush_every(self):
         renewed = time.monotonic()
         while True:
             await asyncio.sleep(FLUSH_SECONDS)
-            await self._flush()
+            await self.flush()
             if time.monotonic() - renewed > LEASE_SECONDS / 3:
                 renewed = time.monotonic()
                 if not await self.hub.store.claim_relay(self.task["id"], self.hub.holder, LEASE_SECONDS):
                     log.info("the relay of %s stops: the task ended, or another process holds its lease", self.task["id"])
-                    self.hub.relays.get(self.task["id"], asyncio.current_task()).cancel()
+                    self.reading.cancel()
 
 
 class Follower:
@@ -202,6 +208,7 @@ class Follower:
     async def _publish(self) -> bool:
         """Hand the new events to every viewer; True once the task has ended (and `done` was handed). Nothing is
         awaited between moving `state.last` and handing the batch, so a batch is wholly before or after it."""
+        if relay := self.hub.relays.get(self.task_id): await relay.flush()
         task = await self.hub.store.get(self.task_id)
         if task is None:
             for viewer in list(self.viewers): viewer.hand(Batch(self.state.last, b"", True))
@@ -298,13 +305,13 @@ class ProgressHub:
         self.store, self.gateway, self.record = store, gateway, record
         self.relays_outlive_requests = relays_outlive_requests
         self.holder = "relay_" + secrets.token_hex(8)
-        self.relays: dict[str, asyncio.Task] = {}
+        self.relays: dict[str, Relay] = {}
         self.followers: dict[str, Follower] = {}
         self.states: OrderedDict[str, ProgressState] = OrderedDict()
 
     async def close(self):
         "Stop this process's relays (each records what it read first) and followers."
-        running = [*self.relays.values(), *(f.task for f in self.followers.values())]
+        running = [*(r.reading for r in self.relays.values()), *(f.task for f in self.followers.values())]
         for task in running: task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
 
@@ -320,10 +327,10 @@ class ProgressHub:
             if stream is not None: await stream.close()
             return None
         RELAYS.labels("at_queueing" if stream is not None else "taking_over").inc()
-        relay = asyncio.create_task(Relay(self, task, stream).run())
-        self.relays[task["id"]] = relay
-        relay.add_done_callback(lambda done: self.relays.pop(task["id"], None))
-        return relay
+        relay = self.relays[task["id"]] = Relay(self, task, stream)
+        relay.reading = asyncio.create_task(relay.run())
+        relay.reading.add_done_callback(lambda done: self.relays.pop(task["id"], None))
+        return relay.reading
 
     async def state_of(self, task_id: str) -> ProgressState:
         """What a task's recorded progress adds up to (for a page drawn while it runs): kept per task in this process

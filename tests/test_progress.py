@@ -8,6 +8,7 @@ import time
 import httpx2
 import pytest
 
+import progress
 from config import new_webhook_secret
 from progress import KEEP_ALIVE
 from responses import progress_json
@@ -114,6 +115,19 @@ async def test_the_relay_resumes_a_stream_openai_closed_early(make_harness):
     events = await watch(harness.client, task["id"])
     assert events[-1]["event"] == "done" and events[-1]["data"]["status"] == "completed"
     assert harness.emulator.calls["stream"] > 3, "the relay resumed with starting_after, several times"
+    assert_whole(events[:-1], events[-1]["data"])
+
+
+async def test_a_follower_has_its_relay_flush_what_it_read_before_each_batch(make_harness, monkeypatch):
+    "A viewer in the relay's process gets each batch as the relay reads it, not when the relay's timer next flushes."
+    monkeypatch.setattr(progress, "FLUSH_SECONDS", 3600)
+    harness = await make_harness(demo_delay_seconds=4)
+    task = (await harness.queue("Flush on demand", **DR)).json()
+    arrivals = []
+    async with harness.client.stream("GET", f"/api/events/{task['id']}") as response:
+        events = await read_events(response, stop=lambda event: arrivals.append(time.monotonic()) or event["event"] == "done")
+    deltas = [at for at, event in zip(arrivals, events) if event["event"] == "output_text.delta"]
+    assert len(deltas) >= 3 and deltas[-1] - deltas[0] > 1, "the answer arrived in batches while it was written"
     assert_whole(events[:-1], events[-1]["data"])
 
 
