@@ -150,12 +150,16 @@ class Relay:
             await asyncio.sleep(min(2 ** fruitless - 1, 10))
 
     async def flush(self):
-        "Record what was read since the last flush (one flush at a time, so the log is written in order)."
+        """Record what was read since the last flush: one flush at a time, so the log is written in order; what a
+        failed or cancelled flush took goes back, for the next one (a row already written is not written twice)."""
         async with self.flushing:
             events = self.recorder.take()
             if self.recorded >= MAX_EVENTS_PER_TASK: events = [e for e in events if e.kind in ("status", "step")]
             if not events: return
-            await self.hub.store.append_progress(self.task["id"], [(e.seq, e.kind, json.dumps(e.data)) for e in events])
+            try: await self.hub.store.append_progress(self.task["id"], [(e.seq, e.kind, json.dumps(e.data)) for e in events])
+            except BaseException:
+                self.recorder.pending[:0] = events
+                raise
             self.recorded += len(events)
         self.hub.wake(self.task["id"])
 

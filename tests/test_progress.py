@@ -131,6 +131,31 @@ async def test_a_follower_has_its_relay_flush_what_it_read_before_each_batch(mak
     assert_whole(events[:-1], events[-1]["data"])
 
 
+async def test_a_flush_cancelled_mid_write_loses_nothing(make_harness):
+    "What a cancelled flush took (a process stopping, its follower cancelled) is recorded by the next flush."
+    harness = await make_harness()
+    store, hub = await harness.store(), harness.services.tasks.progress
+    task, _ = await store.create(new_task_row(id="task_flushcancelled1", owner="o", account="o", prompt="Flush",
+                                              model="gpt-5-mini", status="in_progress"), 5)
+    relay, stalled, write = progress.Relay(hub, task), asyncio.Event(), store.append_progress
+
+    async def stalled_write(task_id, events):
+        await stalled.wait()
+        await write(task_id, events)
+    store.append_progress = stalled_write
+    relay.recorder.pending = [progress.ProgressEvent(1, "status", {"status": "in_progress"}),
+                              progress.ProgressEvent(2, "output_text.delta", {"delta": "Hello"})]
+    flushing = asyncio.create_task(relay.flush())
+    await wait_for(lambda: not relay.recorder.pending and relay.flushing.locked())
+    relay.recorder.pending.append(progress.ProgressEvent(3, "output_text.delta", {"delta": " world"}))
+    flushing.cancel()
+    await asyncio.gather(flushing, return_exceptions=True)
+    stalled.set()
+    await relay.flush()
+    assert [(row["seq"], row["kind"]) for row in await store.progress_after(task["id"], -1)] == [
+        (1, "status"), (2, "output_text.delta"), (3, "output_text.delta")]
+
+
 async def test_the_end_is_recorded_even_when_no_stream_works(make_harness):
     "Every stream stops after its first event, and no webhook comes: reading the task still finds its end."
     harness = await make_harness(demo_delay_seconds=0.5, reconcile_seconds=0.2, demo_webhooks=False)
