@@ -14,7 +14,6 @@ import asyncio
 import json
 import logging
 import secrets
-import sys
 import time
 import types
 from collections import OrderedDict
@@ -77,6 +76,7 @@ class Recorder:
     def __init__(self, after: int = -1):
         self.pending: list[ProgressEvent] = []
         self.seq, self.summary_started = after, False
+        self.put_back_count = 0
 
     def add(self, event):
         "Take one stream event; returns the response's state when the event moves it (to in_progress, or to its end)."
@@ -97,14 +97,19 @@ class Recorder:
         return None
 
     def _delta(self, kind: str, text: str, seq: int):
-        if self.pending and self.pending[-1].kind == kind:
+        if len(self.pending) > self.put_back_count and self.pending[-1].kind == kind:
             self.pending[-1].data["delta"] += text
             self.pending[-1].seq = seq
         else: self.pending.append(ProgressEvent(seq, kind, {"delta": text}))
 
     def take(self) -> list[ProgressEvent]:
-        taken, self.pending = self.pending, []
+        taken, self.pending, self.put_back_count = self.pending, [], 0
         return taken
+
+    def put_back(self, events: list[ProgressEvent]):
+        "Events a flush failed to record go back in front, as they are: they may have been recorded after all."
+        self.pending[:0] = events
+        self.put_back_count += len(events)
 
 
 class Relay:
@@ -158,7 +163,7 @@ class Relay:
             if not events: return
             try: await self.hub.store.append_progress(self.task["id"], [(e.seq, e.kind, json.dumps(e.data)) for e in events])
             except BaseException:
-                self.recorder.pending[:0] = events
+                self.recorder.put_back(events)
                 raise
             self.recorded += len(events)
         self.hub.wake(self.task["id"])
@@ -186,11 +191,17 @@ class Follower:
         self.state, self.woken = ProgressState(), asyncio.Event()
         self.started = asyncio.get_running_loop().create_future()
 
+    def take_on(self, viewer: "Viewer"):
+        "A new viewer: its replay ends where this follower's next batch will begin."
+        viewer.boundary = self.state.last
+        self.viewers.add(viewer)
+
     async def run(self):
         "Follow the log while anyone watches; meanwhile keep a relay going (here, if no other process holds the lease)."
         relay, claimed_at = None, 0.0
         try:
             self.state.apply([decoded(r) for r in await self.hub.store.progress_after(self.task_id, -1)])
+            for viewer in self.viewers: viewer.boundary = self.state.last
             self.started.set_result(None)
             while self.viewers:
                 if time.monotonic() - claimed_at > LEASE_SECONDS / 2 and (task := await self.hub.store.get(self.task_id)):
@@ -257,11 +268,12 @@ def resumed(coroutine, waited):
 class Viewer:
     """One open stream. Its follower hands it each batch and it writes the batch at once, in the follower's task
     (a viewer has no task of its own to wake). While a write waits (for its replay to be read, or for a client
-    that reads slowly) later chunks wait behind it and then go as one write."""
+    that reads slowly) later chunks wait behind it and then go as one write. `boundary`: the last event its
+    replay holds, set by its follower as it takes the viewer on, before any batch can come."""
 
     def __init__(self, format, write):
         self.format, self.write = format, write
-        self.boundary = sys.maxsize
+        self.boundary, self.open = -1, True
         self.writing: asyncio.Future | None = asyncio.get_running_loop().create_future()
         self.writing.add_done_callback(self._written)
         self.backlog: list[bytes] = []
@@ -271,7 +283,7 @@ class Viewer:
 
     def hand(self, batch: Batch):
         "Write a batch the replay did not already hold; the last one (`ended`) finishes the stream."
-        if batch.last > self.boundary or batch.ended: self.send(batch.chunk, batch.ended)
+        if self.open and (batch.last > self.boundary or batch.ended): self.send(batch.chunk, batch.ended)
 
     def send(self, chunk: bytes, last: bool = False):
         self.ending = self.ending or last
@@ -283,10 +295,16 @@ class Viewer:
         if self.writing is not None: self.writing.add_done_callback(self._written)
         elif self.ending: self.leave()
 
-    def replayed(self, chunk: bytes):
-        "The replay is ready: it goes first, then what was handed meanwhile."
+    def replayed(self, chunk: bytes, ended: bool):
+        "The replay is ready: it goes first, then what was handed meanwhile; a replay that ends with `done` is all."
+        if ended: self.open, self.backlog = False, []
         self.backlog.insert(0, chunk)
+        self.ending = self.ending or ended
         self.writing.set_result(None)
+
+    def close(self):
+        "The stream is ending: nothing more is written to it (a write under way finishes first)."
+        self.open, self.backlog = False, []
 
     def _written(self, writing: asyncio.Future):
         self.writing = None
@@ -356,20 +374,20 @@ class ProgressHub:
         if follower is None:
             follower = self.followers[task["id"]] = Follower(self, task["id"])
             follower.task = asyncio.create_task(follower.run())
-        follower.viewers.add(viewer)
+        follower.take_on(viewer)
         try:
             await follower.started
-            viewer.boundary, ended = follower.state.last, task["status"] in TERMINAL
+            ended = task["status"] in TERMINAL
             recorded = [decoded(r) for r in await self.store.progress_after(task["id"], -1)]
+            held = [e for e in recorded if ended or e.seq <= viewer.boundary]
             state = ProgressState()
-            state.apply([e for e in recorded if e.seq <= viewer.boundary])
-            replay = [e for e in recorded if after < e.seq <= viewer.boundary]
-            viewer.ending = ended
-            viewer.replayed(format(replay, state, task, ended) if replay or ended else b"")
+            state.apply(held)
+            replay = [e for e in held if e.seq > after]
+            viewer.replayed(format(replay, state, task, ended) if replay or ended else b"", ended)
             deadline = time.monotonic() + seconds
             while not viewer.finished.done() and (left := deadline - time.monotonic()) > 0:
                 await asyncio.wait([viewer.finished], timeout=min(quiet_seconds, left))
-                if time.monotonic() - viewer.written_at >= quiet_seconds: viewer.send(KEEP_ALIVE)
+                if viewer.writing is None and time.monotonic() - viewer.written_at >= quiet_seconds: viewer.send(KEEP_ALIVE)
         finally:
             follower.viewers.discard(viewer)
-            if viewer.writing is not None: viewer.writing.cancel()
+            viewer.close()

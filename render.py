@@ -13,7 +13,7 @@ ALLOWED_URL_SCHEMES = {"http", "https", "mailto"}
 
 _markdown = MarkdownIt("js-default", {"breaks": True})
 BLANK_LINES = re.compile(r"(\n[ \t]*\n)")
-FENCE = re.compile(r"^ {0,3}(```|~~~)", re.M)
+FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})(.*)$", re.M)
 CONTINUES = re.compile(r"[ \t]|([-*+]|[0-9]{1,9}[.)])([ \t]|$)")
 
 
@@ -51,12 +51,22 @@ def _block_html(block: str) -> str: return markdown_html(block)
 def blocks(text: str) -> list[str]:
     "Markdown cut at the blank lines that surely end a block: outside code fences, not before a continuation."
     parts = BLANK_LINES.split(text)
-    cut, fenced = [parts[0]], len(FENCE.findall(parts[0])) % 2
+    cut, fence = [parts[0]], open_fence(parts[0], None)
     for gap, part in zip(parts[1::2], parts[2::2]):
-        if fenced or CONTINUES.match(part): cut[-1] += gap + part
+        if fence or CONTINUES.match(part): cut[-1] += gap + part
         else: cut.append(part)
-        fenced ^= len(FENCE.findall(part)) % 2
+        fence = open_fence(part, fence)
     return cut
+
+
+def open_fence(text: str, fence: str | None) -> str | None:
+    """The code fence still open after `text` (its backticks or tildes), given the one open before it: a fence is
+    closed by a line of at least as many of its character and nothing else; a backtick fence's info string holds
+    no backtick (CommonMark)."""
+    for mark, rest in FENCE.findall(text):
+        if fence is None and not (mark[0] == "`" and "`" in rest): fence = mark
+        elif fence and mark[0] == fence[0] and len(mark) >= len(fence) and not rest.strip(): fence = None
+    return fence
 
 
 def markdown_export(task: dict) -> str:

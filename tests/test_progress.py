@@ -4,6 +4,7 @@ import json
 import os
 import signal
 import time
+from types import SimpleNamespace
 
 import httpx2
 import pytest
@@ -12,7 +13,7 @@ import progress
 from config import new_webhook_secret
 from progress import KEEP_ALIVE
 from responses import progress_json
-from store import new_task_row
+from store import StoreUnavailable, new_task_row
 from tests.conftest import LiveServer, free_port, wait_for
 
 DR = {"model": "o4-mini-deep-research"}
@@ -131,29 +132,52 @@ async def test_a_follower_has_its_relay_flush_what_it_read_before_each_batch(mak
     assert_whole(events[:-1], events[-1]["data"])
 
 
+async def relay_of_a_new_task(harness, task_id: str):
+    store = await harness.store()
+    task, _ = await store.create(new_task_row(id=task_id, owner="o", account="o", prompt="Flush", model="gpt-5-mini",
+                                              status="in_progress"), 5)
+    return store, task, progress.Relay(harness.services.tasks.progress, task)
+
+
+def delta(seq: int, text: str): return SimpleNamespace(type="response.output_text.delta", sequence_number=seq, delta=text)
+
+
 async def test_a_flush_cancelled_mid_write_loses_nothing(make_harness):
     "What a cancelled flush took (a process stopping, its follower cancelled) is recorded by the next flush."
-    harness = await make_harness()
-    store, hub = await harness.store(), harness.services.tasks.progress
-    task, _ = await store.create(new_task_row(id="task_flushcancelled1", owner="o", account="o", prompt="Flush",
-                                              model="gpt-5-mini", status="in_progress"), 5)
-    relay, stalled, write = progress.Relay(hub, task), asyncio.Event(), store.append_progress
+    store, task, relay = await relay_of_a_new_task(await make_harness(), "task_flushcancelled1")
+    stalled, write = asyncio.Event(), store.append_progress
 
     async def stalled_write(task_id, events):
         await stalled.wait()
         await write(task_id, events)
     store.append_progress = stalled_write
-    relay.recorder.pending = [progress.ProgressEvent(1, "status", {"status": "in_progress"}),
-                              progress.ProgressEvent(2, "output_text.delta", {"delta": "Hello"})]
+    relay.recorder.add(delta(1, "Hello"))
     flushing = asyncio.create_task(relay.flush())
     await wait_for(lambda: not relay.recorder.pending and relay.flushing.locked())
-    relay.recorder.pending.append(progress.ProgressEvent(3, "output_text.delta", {"delta": " world"}))
+    relay.recorder.add(delta(2, " world"))
     flushing.cancel()
     await asyncio.gather(flushing, return_exceptions=True)
     stalled.set()
     await relay.flush()
-    assert [(row["seq"], row["kind"]) for row in await store.progress_after(task["id"], -1)] == [
-        (1, "status"), (2, "output_text.delta"), (3, "output_text.delta")]
+    assert [(row["seq"], row["data"]) for row in await store.progress_after(task["id"], -1)] == [
+        (1, '{"delta": "Hello"}'), (2, '{"delta": " world"}')]
+
+
+async def test_a_flush_that_fails_after_writing_doubles_nothing(make_harness):
+    "A write that was recorded although it failed (a connection lost after the commit) is not recorded again, longer."
+    store, task, relay = await relay_of_a_new_task(await make_harness(), "task_flushfailed0001")
+    write = store.append_progress
+
+    async def written_then_failed(task_id, events):
+        store.append_progress = write
+        await write(task_id, events)
+        raise StoreUnavailable("the connection was lost after the commit")
+    store.append_progress = written_then_failed
+    relay.recorder.add(delta(1, "Hello"))
+    with pytest.raises(StoreUnavailable): await relay.flush()
+    relay.recorder.add(delta(2, " world"))
+    await relay.flush()
+    assert "".join(json.loads(row["data"])["delta"] for row in await store.progress_after(task["id"], -1)) == "Hello world"
 
 
 async def test_the_end_is_recorded_even_when_no_stream_works(make_harness):
@@ -181,6 +205,38 @@ async def test_a_quiet_stream_gets_keep_alives_and_its_viewer_leaves_nothing_run
     assert written[:3] == [KEEP_ALIVE] * 3 and time.monotonic() - started >= 0.6
     watching.cancel()
     await wait_for(lambda: task["id"] not in hub.followers)
+
+
+async def test_a_viewer_whose_replay_ends_with_done_gets_it_once_and_is_let_go(make_harness):
+    """A viewer that comes as the task ends, while a follower still serves another: its replay holds `done`, so the
+    follower's own `done`, handed while the replay was being read, is not written to it again."""
+    harness = await make_harness()
+    store, hub = await harness.store(), harness.services.tasks.progress
+    task, _ = await store.create(new_task_row(id="task_replayeddone001", owner="o", account="o", prompt="Ending",
+                                              model="gpt-5-mini", status="in_progress"), 5)
+    first, second = [], []
+
+    def fmt(events, state, task, ended): return b"done\n" if ended else b"batch\n"
+
+    def into(chunks):
+        async def write(chunk): chunks.append(chunk)
+        return write
+    read, replay_read, stalled = store.progress_after, asyncio.Event(), []
+
+    async def stalled_once(task_id, after):
+        if stalled: await stalled.pop().wait()
+        return await read(task_id, after)
+    store.progress_after = stalled_once
+    watching = asyncio.create_task(hub.watch(task, -1, fmt, into(first), quiet_seconds=30, seconds=60))
+    await wait_for(lambda: task["id"] in hub.followers and hub.followers[task["id"]].started.done())
+    assert await store.advance(task["id"], "completed")
+    stalled.append(replay_read)
+    late = asyncio.create_task(hub.watch(await store.get(task["id"]), -1, fmt, into(second), quiet_seconds=30, seconds=60))
+    hub.wake(task["id"])
+    await asyncio.wait_for(watching, 10)
+    replay_read.set()
+    await asyncio.wait_for(late, 5)
+    assert first == second == [b"done\n"]
 
 
 class Written:

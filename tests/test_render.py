@@ -91,8 +91,13 @@ The end.
 """
 
 
-def test_an_answer_rendered_as_it_grows_is_rendered_as_whole_at_every_length():
+FENCES = ["````md\n```py\nx = 1\n\ny = 2\n```\n````\n\nAfter.", "~~~\n```\n\n# not a heading\n~~~\n\nAfter.",
+          "```py``` is inline\n\n# Heading\n\n```\ncode\n\nmore\n```\n\nAfter."]
+
+
+@pytest.mark.parametrize("text", [REPORT, *FENCES])
+def test_an_answer_rendered_as_it_grows_is_rendered_as_whole_at_every_length(text):
     "Rendered block by block while it is written, the answer reads exactly as rendered whole, at any length."
-    assert len(blocks(REPORT)) >= 6, "finished blocks are rendered once and kept"
-    for end in range(1, len(REPORT) + 1):
-        assert growing_markdown_html(REPORT[:end]) == markdown_html(REPORT[:end]), REPORT[:end]
+    assert len(blocks(text)) >= (6 if text == REPORT else 2), "finished blocks are rendered once and kept"
+    for end in range(1, len(text) + 1):
+        assert growing_markdown_html(text[:end]) == markdown_html(text[:end]), text[:end]
