@@ -32,8 +32,12 @@ def _link(url: str) -> str:
 @lru_cache(maxsize=512)
 def markdown_html(text: str, sources: tuple[tuple[str, str], ...] = (), citations: tuple[tuple[int, int], ...] = ()) -> str:
     "HTML safe to put in a page: no script, no event handler, no javascript: or data: URL, no hx-* attribute."
-    return nh3.clean(_markdown.render(with_citations(text, sources, citations)), tags=ALLOWED_TAGS,
-                     attributes=ALLOWED_ATTRIBUTES, url_schemes=ALLOWED_URL_SCHEMES, link_rel="noopener noreferrer nofollow")
+    return _safe_html(with_citations(text, sources, citations))
+
+
+def _safe_html(text: str) -> str:
+    return nh3.clean(_markdown.render(text), tags=ALLOWED_TAGS, attributes=ALLOWED_ATTRIBUTES,
+                     url_schemes=ALLOWED_URL_SCHEMES, link_rel="noopener noreferrer nofollow")
 
 
 def growing_markdown_html(text: str) -> str:
@@ -41,11 +45,12 @@ def growing_markdown_html(text: str) -> str:
     is rendered once (a 16 KB answer costs about 12 ms to render whole). Blocks are cut at blank lines, except in a
     code fence and before an indented line or a list item; until the text is whole, a reference-style link defined
     in a later block shows as text."""
-    return "".join(map(_block_html, blocks(text)))
+    *finished, written = blocks(text)
+    return "".join(map(_finished_block_html, finished)) + _safe_html(written)
 
 
 @lru_cache(maxsize=4096)
-def _block_html(block: str) -> str: return markdown_html(block)
+def _finished_block_html(block: str) -> str: return _safe_html(block)
 
 
 def blocks(text: str) -> list[str]:
