@@ -131,6 +131,7 @@ class Relay:
             flusher.cancel()
             await self.flush()
             await self.hub.store.release_relay(task_id, self.hub.holder)
+            self.hub.wake(task_id)
 
     async def _read(self):
         "Read until the response ends; a stream OpenAI closes early is resumed (after a pause if it brought nothing)."
@@ -183,7 +184,8 @@ class Relay:
 class Follower:
     """Reads one task's log for this process's viewers and hands each of them every new batch, formatted once per
     format in use (`format(events, state, task, ended)` -> bytes); ends once the task has, and stops when its last
-    viewer leaves."""
+    viewer leaves. A relay in this process wakes it at each event and when it stops; without one it looks at the
+    log every FOLLOW_POLL_SECONDS (and with one, every LEASE_SECONDS / 2, for an end recorded elsewhere)."""
 
     def __init__(self, hub: "ProgressHub", task_id: str):
         self.hub, self.task_id = hub, task_id
@@ -206,8 +208,9 @@ class Follower:
             while self.viewers:
                 if time.monotonic() - claimed_at > LEASE_SECONDS / 2 and (task := await self.hub.store.get(self.task_id)):
                     relay, claimed_at = await self.hub.relay(task) or relay, time.monotonic()
+                looks_every = LEASE_SECONDS / 2 if self.task_id in self.hub.relays else FOLLOW_POLL_SECONDS
                 try:
-                    async with asyncio.timeout(FOLLOW_POLL_SECONDS): await self.woken.wait()
+                    async with asyncio.timeout(looks_every): await self.woken.wait()
                 except TimeoutError: pass
                 self.woken.clear()
                 if await self._publish(): return
@@ -223,7 +226,9 @@ class Follower:
     async def _publish(self) -> bool:
         """Hand the new events to every viewer; True once the task has ended (and `done` was handed). Nothing is
         awaited between moving `state.last` and handing the batch, so a batch is wholly before or after it."""
-        if relay := self.hub.relays.get(self.task_id): await relay.flush()
+        if relay := self.hub.relays.get(self.task_id):
+            await relay.flush()
+            self.woken.clear()  # the flush's own wake: what it recorded is read below
         task = await self.hub.store.get(self.task_id)
         if task is None:
             for viewer in list(self.viewers): viewer.hand(Batch(self.state.last, b"", True))

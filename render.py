@@ -12,6 +12,8 @@ ALLOWED_ATTRIBUTES = {"a": {"href", "title"}, "ol": {"start"}}
 ALLOWED_URL_SCHEMES = {"http", "https", "mailto"}
 
 _markdown = MarkdownIt("js-default", {"breaks": True})
+_cleaner = nh3.Cleaner(tags=ALLOWED_TAGS, attributes=ALLOWED_ATTRIBUTES, url_schemes=ALLOWED_URL_SCHEMES,
+                       link_rel="noopener noreferrer nofollow")
 BLANK_LINES = re.compile(r"(\n[ \t]*\n)")
 FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})(.*)$", re.M)
 CONTINUES = re.compile(r"[ \t]|([-*+]|[0-9]{1,9}[.)])([ \t]|$)")
@@ -36,8 +38,7 @@ def markdown_html(text: str, sources: tuple[tuple[str, str], ...] = (), citation
 
 
 def _safe_html(text: str) -> str:
-    return nh3.clean(_markdown.render(text), tags=ALLOWED_TAGS, attributes=ALLOWED_ATTRIBUTES,
-                     url_schemes=ALLOWED_URL_SCHEMES, link_rel="noopener noreferrer nofollow")
+    return _cleaner.clean(_markdown.render(text))
 
 
 def growing_markdown_html(text: str) -> str:

@@ -163,6 +163,33 @@ async def test_a_flush_cancelled_mid_write_loses_nothing(make_harness):
         (1, '{"delta": "Hello"}'), (2, '{"delta": " world"}')]
 
 
+async def test_a_follower_reads_the_log_when_its_relay_here_has_read_something(make_harness):
+    """With the task's relay in this process, its follower reads the log when the relay wakes it: not once more for
+    the flush it had the relay make itself, and not on a timer while the stream is quiet (a search, say)."""
+    harness = await make_harness()
+    store, task, relay = await relay_of_a_new_task(harness, "task_quietrelayhere1")
+    hub, batches, reads = harness.services.tasks.progress, [], []
+    hub.relays[task["id"]], relay.reading = relay, asyncio.create_task(asyncio.Event().wait())
+    read = store.progress_after
+
+    async def counted_read(task_id, after):
+        reads.append(after)
+        return await read(task_id, after)
+
+    async def write(chunk): batches.append(chunk)
+    store.progress_after = counted_read
+    watching = asyncio.create_task(hub.watch(task, -1, progress_json, write, quiet_seconds=30, seconds=60))
+    await wait_for(lambda: task["id"] in hub.followers and hub.followers[task["id"]].started.done())
+    relay.recorder.add(delta(1, "Hello"))
+    hub.wake(task["id"])
+    await wait_for(lambda: any(b"Hello" in chunk for chunk in batches))
+    read_by_then = len(reads)
+    await asyncio.sleep(2.0)  # a quiet stream: the relay reads nothing for a while
+    assert len(reads) == read_by_then, f"{len(reads) - read_by_then} reads of the log while the relay had nothing"
+    watching.cancel()
+    relay.reading.cancel()
+
+
 async def test_a_flush_that_fails_after_writing_doubles_nothing(make_harness):
     "A write that was recorded although it failed (a connection lost after the commit) is not recorded again, longer."
     store, task, relay = await relay_of_a_new_task(await make_harness(), "task_flushfailed0001")
