@@ -6,7 +6,8 @@ OpenAPI schema: it refuses unknown parameters and models, efforts a model does n
 a data source, and cancelling a finished response. A response is a script computed from its request and the
 time since it was created, so any process that can read its record answers the same (`records`: in memory,
 bounded, or the app's database). Prompt markers make each ending reachable: `[demo:failed]`, `[demo:incomplete]`,
-`[demo:refusal]`, and on create `[demo:quota]`, `[demo:rate_limit]`, `[demo:server_error]`.
+`[demo:refusal]`, and on create `[demo:quota]`, `[demo:rate_limit]`, `[demo:server_error]`; `[demo:long]` makes the
+answer as long as a deep-research report.
 When a response ends, an event is POSTed to the webhook target, signed as OpenAI signs (Standard Webhooks).
 `/_emulator/*` lets tests and benchmarks count calls and make the next call fail.
 Run it alone with `python emulator.py` (EMULATOR_PORT, EMULATOR_WEBHOOK_URL, OPENAI_WEBHOOK_SECRET).
@@ -362,6 +363,15 @@ class Script:
         return [(when, {**event, "sequence_number": n}) for n, (when, event) in enumerate(timed) if n > after and when < cut]
 
 
+LONG_PARTS = 24
+LONG_PARAGRAPH = ("This part is made up too, so that a demo answer is as long as a deep-research report (some 20 KB): "
+                  "the Moon raises a bulge of water on the side of the Earth that faces it and another on the far side, "
+                  "and the Earth turns under both, so most coasts see two high tides a day. The Sun does the same, less "
+                  "than half as strongly; when the two pull together, the tides are larger. A bay's shape and depth "
+                  "decide how the water answers: some basins rock in step with the pull and their tides grow, others "
+                  "damp it. *None of this was looked up*: it is here to be streamed, rendered and measured.")
+
+
 def demo_answer(prompt: str, searches: int = 0) -> tuple[str, list[dict]]:
     "A made-up answer that says plainly it is a demo; with searches, a report whose sentences cite placeholder sources."
     digest = hashlib.sha256(prompt.encode()).hexdigest()[:8]
@@ -381,6 +391,7 @@ def demo_answer(prompt: str, searches: int = 0) -> tuple[str, list[dict]]:
             annotations.append({"type": "url_citation", "url": url, "title": title, "start_index": start, "end_index": len(text)})
             text += " "
         text = text.rstrip() + "\n\n"
+    if "[demo:long]" in prompt: text += "".join(f"## Part {n}\n\n{LONG_PARAGRAPH}\n\n" for n in range(1, LONG_PARTS + 1))
     return text + "Set `OPENAI_API_KEY` to run it on OpenAI.", annotations
 
 

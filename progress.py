@@ -183,8 +183,8 @@ class Relay:
 
 class Follower:
     """Reads one task's log for this process's viewers and hands each of them every new batch, formatted once per
-    format in use (`format(events, state, task, ended)` -> bytes); ends once the task has, and stops when its last
-    viewer leaves. A relay in this process wakes it at each event and when it stops; without one it looks at the
+    format in use (`format(events, state, task, ended, live=True)` -> bytes; a replay is formatted with `live=False`);
+    ends once the task has, and stops when its last viewer leaves. A relay in this process wakes it at each event and when it stops; without one it looks at the
     log every FOLLOW_POLL_SECONDS (and with one, every LEASE_SECONDS / 2, for an end recorded elsewhere)."""
 
     def __init__(self, hub: "ProgressHub", task_id: str):
@@ -239,7 +239,8 @@ class Follower:
         if events or ended:
             formatted = {}
             for viewer in list(self.viewers):
-                if viewer.format not in formatted: formatted[viewer.format] = viewer.format(events, self.state, task, ended)
+                if viewer.format not in formatted:
+                    formatted[viewer.format] = viewer.format(events, self.state, task, ended, live=True)
                 viewer.hand(Batch(self.state.last, formatted[viewer.format], ended))
         return ended
 
@@ -388,7 +389,7 @@ class ProgressHub:
             state = ProgressState()
             state.apply(held)
             replay = [e for e in held if e.seq > after]
-            viewer.replayed(format(replay, state, task, ended) if replay or ended else b"", ended)
+            viewer.replayed(format(replay, state, task, ended, live=False) if replay or ended else b"", ended)
             deadline = time.monotonic() + seconds
             while not viewer.finished.done() and (left := deadline - time.monotonic()) > 0:
                 await asyncio.wait([viewer.finished], timeout=min(quiet_seconds, left))

@@ -46,8 +46,23 @@ def growing_markdown_html(text: str) -> str:
     is rendered once (a 16 KB answer costs about 12 ms to render whole). Blocks are cut at blank lines, except in a
     code fence and before an indented line or a list item; until the text is whole, a reference-style link defined
     in a later block shows as text."""
+    return "".join(growing_markdown_parts(text))
+
+
+def growing_markdown_parts(text: str) -> tuple[str, str]:
+    "`growing_markdown_html` in two: the HTML of the finished blocks, and of the block being written."
     *finished, written = blocks(text)
-    return "".join(map(_finished_block_html, finished)) + _safe_html(written)
+    return "".join(map(_finished_block_html, finished)), _safe_html(written)
+
+
+def grown_markdown_parts(before: str, text: str) -> tuple[str, str] | None:
+    """What `text` adds to `before` (a text it grew from) in `growing_markdown_parts`: the HTML of the blocks finished
+    since, and of the block being written; None when a block finished in `before` is not in `text` (a blank line
+    that turned out to continue its block), so that the whole must be drawn again."""
+    *finished_before, _ = blocks(before)
+    *finished, written = blocks(text)
+    if finished[:len(finished_before)] != finished_before: return None
+    return "".join(map(_finished_block_html, finished[len(finished_before):])), _safe_html(written)
 
 
 @lru_cache(maxsize=4096)

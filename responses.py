@@ -56,8 +56,8 @@ def task_json(task: dict) -> dict:
             "status_url": f"/api/status/{task['id']}", "events_url": f"/api/events/{task['id']}"}
 
 
-def progress_json(events, state, task: dict, ended: bool) -> bytes:
-    "Progress events as the contract streams them: JSON data, and last `done` with the final task."
+def progress_json(events, state, task: dict, ended: bool, live: bool = False) -> bytes:
+    "Progress events as the contract streams them: JSON data, and last `done` with the final task (the same live or replayed)."
     chunks = [sse(event.kind, json.dumps(event.data), event.seq) for event in events]
     if ended: chunks.append(sse("done", json.dumps(task_json(task)), state.last + 1))
     return "".join(chunks).encode()

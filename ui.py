@@ -12,7 +12,7 @@ from cache import BoundedCache
 from config import Settings
 from models import cost_usd, model_named
 from progress import ProgressState, sse
-from render import growing_markdown_html, markdown_html
+from render import growing_markdown_html, growing_markdown_parts, grown_markdown_parts, markdown_html
 from store import TERMINAL
 
 HTMX_CONFIG = {
@@ -122,7 +122,8 @@ def running_card(task: dict, progress: ProgressState):
                                                   hx_swap="innerHTML", cls="task-summary"), open=True),
         Details(Summary("Steps"), Ol(*steps_part(progress.steps), sse_swap="step", hx_swap="innerHTML", cls="task-steps"),
                 open=True),
-        Div(*answer_part(task, progress), sse_swap="output_text.delta", hx_swap="innerHTML", cls="task-live"),
+        Div(*answer_part(progress.text), sse_swap="output_text.delta", hx_swap="innerHTML settle:0ms", cls="task-live"),
+        Small(cost_so_far(task, progress), sse_swap="answer.cost", hx_swap="innerHTML", cls="task-usage"),
         id=f"task-{task['id']}", cls="task running", data_task_id=task["id"], data_status=task["status"],
         hx_ext="sse", sse_connect=f"/api/events/{task['id']}?format=html&after={progress.last}", sse_close="done",
         sse_swap="done", hx_swap="outerHTML", hx_get=f"/api/status/{task['id']}", hx_trigger="htmx:sseError delay:2s")
@@ -140,25 +141,47 @@ def steps_part(steps: list[dict]):
                  for step in steps)
 
 
-def answer_part(task: dict, progress: ProgressState):
-    """The answer so far, rendered, and what the run has cost so far: an estimate from the model's price, its web
-    searches, and the text written (about 4 characters a token; reasoning tokens are not seen until the end)."""
-    text, searches = progress.text, sum(step["type"] == "web_search" for step in progress.steps)
+def answer_part(text: str):
+    """The answer so far, rendered: its finished blocks, to which each batch of the stream adds those finished since
+    (`answer.blocks`), and the block being written, which each batch replaces (`answer.tail`). The whole part is
+    drawn again by `output_text.delta`; it settles at once, so that its new blocks take the very next batch."""
+    if not text: return (Small("The answer appears here as it is written.", cls="muted"),)
+    finished, written = growing_markdown_parts(text)
+    return (Div(Div(NotStr(finished), sse_swap="answer.blocks", hx_swap="beforeend", cls="task-blocks"),
+                Div(NotStr(written), sse_swap="answer.tail", hx_swap="innerHTML", cls="task-tail"), cls="task-output"),)
+
+
+def cost_so_far(task: dict, progress: ProgressState) -> str:
+    """What the run has cost so far: an estimate from the model's price, its web searches, and the text written (about
+    4 characters a token; reasoning tokens are not seen until the end)."""
+    searches = sum(step["type"] == "web_search" for step in progress.steps)
     so_far = cost_usd(model_named(task["model"]), {"input_tokens": len(task["prompt"]) // 4,
-                                                   "output_tokens": (len(text) + len(progress.summary)) // 4}, searches)
-    return (Div(NotStr(growing_markdown_html(text)), cls="task-output") if text else Small("The answer appears here as it is written.",
-                                                                                   cls="muted"),
-            Small(f"≈ ${so_far:.4f} so far (estimate)", cls="task-usage") if so_far is not None else None)
+                                                   "output_tokens": (len(progress.text) + len(progress.summary)) // 4}, searches)
+    return f"≈ ${so_far:.4f} so far (estimate)" if so_far is not None else ""
 
 
-def progress_html(events, state: ProgressState, task: dict, ended: bool) -> bytes:
-    """The page's progress stream: each changed part of a running card as HTML (the answer's part, with its running
-    cost, also when a step was made), and `done` as the finished card."""
+def answer_events(events, state: ProgressState, live: bool) -> list[str]:
+    """The answer's events of a batch: live, what it adds to the answer the viewer shows; replayed (its viewer may
+    show anything from nothing to where its replay starts), or when the answer cannot just grow, the answer whole."""
+    added = sum(len(event.data["delta"]) for event in events if event.kind == "output_text.delta")
+    before = state.text[:len(state.text) - added]
+    grown = grown_markdown_parts(before, state.text) if live and before else None
+    if grown is None: return [sse("output_text.delta", to_xml(answer_part(state.text)), state.last)]
+    finished, written = grown
+    return [sse("answer.blocks", finished, state.last)] * bool(finished) + [sse("answer.tail", written, state.last)]
+
+
+def progress_html(events, state: ProgressState, task: dict, ended: bool, live: bool = False) -> bytes:
+    """The page's progress stream: each changed part of a running card as HTML (the answer as `answer_events` says,
+    and its running cost, also when a step was made), and `done` as the finished card."""
     if ended: return sse("done", card_html(task), state.last + 1).encode()
-    changed = {event.kind for event in events} | ({"output_text.delta"} if any(e.kind == "step" for e in events) else set())
+    kinds = {event.kind for event in events}
     parts = {"status": lambda: status_badge(state.status), "reasoning_summary.delta": lambda: live_summary_part(state.summary),
-             "step": lambda: steps_part(state.steps), "output_text.delta": lambda: answer_part(task, state)}
-    return "".join(sse(kind, to_xml(draw()), state.last) for kind, draw in parts.items() if kind in changed).encode()
+             "step": lambda: steps_part(state.steps)}
+    chunks = [sse(kind, to_xml(draw()), state.last) for kind, draw in parts.items() if kind in kinds]
+    if "output_text.delta" in kinds: chunks += answer_events(events, state, live)
+    if kinds & {"output_text.delta", "step"}: chunks.append(sse("answer.cost", cost_so_far(task, state), state.last))
+    return "".join(chunks).encode()
 
 
 def running_card_html(task: dict, progress: ProgressState) -> str:

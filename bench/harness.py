@@ -172,13 +172,13 @@ class Bench:
         for child in children: self.children.stop(child)
 
 
-def queue_tasks(app_url: str, count: int, model: str | None = None) -> list[dict]:
+def queue_tasks(app_url: str, count: int, model: str | None = None, prompt: str = PROMPT) -> list[dict]:
     "Queue `count` tasks, each from a new browser session (with `model`, that model instead of the default)."
     tasks = []
     for i in range(count):
         with httpx2.Client(base_url=app_url, timeout=30) as client:
             client.get("/")
-            answer = client.post("/api/queue", json={"prompt": f"{PROMPT} (bench {i})", **({"model": model} if model else {})})
+            answer = client.post("/api/queue", json={"prompt": f"{prompt} (bench {i})", **({"model": model} if model else {})})
         if answer.status_code != 202: raise BenchError(f"POST /api/queue answered {answer.status_code}: {answer.text[:300]}")
         tasks.append(answer.json())
     return tasks

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import httpx2
 
-from harness import BenchError, cpu_seconds, queue_tasks, say
+from harness import PROMPT, BenchError, cpu_seconds, queue_tasks, say
 from runner import Row, fmt, main, times, within
 from viewer_retrieves import poll
 
@@ -49,6 +49,8 @@ def add_arguments(parser):
     parser.add_argument("--sse-delay", type=within(0, 3600), help="the emulator's DEMO_DELAY_SECONDS (default 120, quick 40)")
     parser.add_argument("--sse-streams", type=within(0, 10000, int), default=1000, help="open streams in 5b")
     parser.add_argument("--sse-format", choices=("html", "json"), default="html", help="the stream's format (the page: html)")
+    parser.add_argument("--sse-long", action="store_true",
+                        help="answers as long as a deep-research report (the emulator's [demo:long]: some 15 KB, 3,000 deltas)")
 
 
 # ---------------------------------------------------------------- measuring a process
@@ -230,7 +232,7 @@ def new_app(bench, emulator, label: str, tasks: int):
     "A fresh app process with `tasks` deep-research tasks queued: app, tasks, when they start streaming (monotonic)."
     app = bench.app(f"app-{label}", emulator.url, bench.stores.new_url(label))
     queued_at = time.monotonic()
-    queued = queue_tasks(app.url, tasks, MODEL)
+    queued = queue_tasks(app.url, tasks, MODEL, bench.prompt)
     return app, queued, queued_at + bench.emulator_delay / 10 + 1.0
 
 
@@ -242,8 +244,8 @@ def with_control(bench, emulator, label: str, ntasks: int):
     queued_at = time.monotonic()
     tasks, control_tasks = [], []
     for _ in range(ntasks):  # alternately, so that each app's tasks are as far along as the other's
-        tasks += queue_tasks(app.url, 1, MODEL)
-        control_tasks += queue_tasks(control.url, 1, MODEL)
+        tasks += queue_tasks(app.url, 1, MODEL, bench.prompt)
+        control_tasks += queue_tasks(control.url, 1, MODEL, bench.prompt)
     return app, tasks, control, control_tasks, queued_at + bench.emulator_delay / 10 + 1.0
 
 
@@ -361,11 +363,12 @@ def measure(bench) -> list[Row]:
     seconds = args.sse_seconds or (15.0 if args.quick else 60.0)
     bench.emulator_delay = args.sse_delay or (40.0 if args.quick else 120.0)
     viewers, ntasks, streams, form = args.sse_viewers, args.sse_tasks, args.sse_streams, args.sse_format
+    bench.prompt = PROMPT + (" [demo:long]" if args.sse_long else "")
     if bench.emulator_delay * 0.9 < seconds + 5:
         raise BenchError(f"--sse-delay {bench.emulator_delay:g} s is too short for {seconds:g} s windows: the tasks would end")
     raise_open_files(max(viewers, streams) * 2 + 100)
     say(f"5. live progress: {viewers} viewers of {ntasks} tasks, SSE vs 2 s polling, {seconds:.0f} s each; "
-        f"{streams} open streams (emulator delay {bench.emulator_delay:g} s)")
+        f"{streams} open streams (emulator delay {bench.emulator_delay:g} s{', report-length answers' * args.sse_long})")
     emulator = bench.emulator("emulator-sse", delay=bench.emulator_delay, webhook_url=None)
     sse = sse_cpu(bench, emulator, viewers, ntasks, seconds, form)
     say(f"  SSE: app CPU {sse['held']['cpu']['app']:.2f} s (control {sse['held']['cpu']['control']:.2f} s), load "
@@ -375,7 +378,7 @@ def measure(bench) -> list[Row]:
         f"{polled['cpu']['load']:.2f} s over {polled['seconds']:.1f} s ({polled['polled']['polls']} polls)")
     mem = memory(bench, emulator, streams, ntasks, form)
     bench.stop(emulator)
-    return rows(sse, polled, mem, viewers, ntasks, seconds, streams, form)
+    return rows(sse, polled, mem, viewers, ntasks, seconds, streams, form, "report-length " * args.sse_long)
 
 
 def per_viewer_minute(cpu_s: float, viewers: int, seconds: float) -> float:
@@ -383,7 +386,7 @@ def per_viewer_minute(cpu_s: float, viewers: int, seconds: float) -> float:
     return cpu_s * 1000 / (viewers * seconds / 60)
 
 
-def rows(sse, polled, mem, viewers, ntasks, seconds, streams, form) -> list[Row]:
+def rows(sse, polled, mem, viewers, ntasks, seconds, streams, form, answers: str) -> list[Row]:
     held = sse["held"]
     sse_ms = per_viewer_minute(held["cpu"]["app"], viewers, held["seconds"])
     poll_ms = per_viewer_minute(polled["cpu"]["app"], viewers, polled["seconds"])
@@ -391,7 +394,7 @@ def rows(sse, polled, mem, viewers, ntasks, seconds, streams, form) -> list[Row]
     poll_net = per_viewer_minute(polled["cpu"]["app"] - polled["cpu"]["control"], viewers, polled["seconds"])
     control = lambda w: f"{fmt(w['cpu']['control'] / w['seconds'] * 100, 1)}%"
     load = lambda w: f"{w['cpu']['load'] / w['seconds'] * 100:.0f}%"
-    head = f"{viewers} viewers of {ntasks} streaming tasks for {fmt(seconds, 0)} s"
+    head = f"{viewers} viewers of {ntasks} streaming tasks ({answers}answers) for {fmt(seconds, 0)} s"
     p = polled["polled"]
     lag_ms = lambda s: f"{fmt(pct(s['lag'], 0.99) * 1000, 0)} ms (max {fmt(max(s['lag'], default=0) * 1000, 0)})"
     table = [

@@ -1,9 +1,15 @@
 """Model output is Markdown, and nothing in it can run in the page."""
+import random
 import re
 
 import pytest
+from bs4 import BeautifulSoup
 
+import ui
+from emulator import demo_answer
+from progress import ProgressEvent, ProgressState
 from render import blocks, growing_markdown_html, markdown_html
+from store import new_task_row
 
 XSS_PAYLOADS = [
     "<script>alert(1)</script>",
@@ -101,3 +107,38 @@ def test_an_answer_rendered_as_it_grows_is_rendered_as_whole_at_every_length(tex
     assert len(blocks(text)) >= (6 if text == REPORT else 2), "finished blocks are rendered once and kept"
     for end in range(1, len(text) + 1):
         assert growing_markdown_html(text[:end]) == markdown_html(text[:end]), text[:end]
+
+
+def swap_stream(card, stream: bytes):
+    "Swap each event of a progress stream into a drawn card as htmx's SSE extension does (`innerHTML`, `beforeend`)."
+    for message in filter(None, stream.decode().split("\n\n")):
+        lines = [line.partition(": ") for line in message.split("\n") if line]
+        kind = next(value for field, _, value in lines if field == "event")
+        target = card.find(attrs={"sse-swap": kind})
+        if target["hx-swap"].split()[0] == "innerHTML": target.clear()
+        target.extend(list(BeautifulSoup("\n".join(v for f, _, v in lines if f == "data"), "html.parser").contents))
+
+
+def shown_answer(card) -> str:
+    return "".join(map(str, card.select_one(".task-blocks").contents + card.select_one(".task-tail").contents))
+
+
+@pytest.mark.parametrize("text", [REPORT, *FENCES, demo_answer("Tides [demo:long]", 3)[0]])
+def test_the_pages_stream_shows_the_answer_as_rendered_whole_after_every_batch(text):
+    """A running card, then its live batches (each adding the blocks finished since and the block being written; a
+    short answer grows a character a batch), and every seventh batch a replay from three batches back (as to a viewer
+    whose stream reconnected with the page's first `after`): the card shows the answer as rendered whole after each."""
+    task = new_task_row(id="task_streamedanswer1", owner="o", account="o", prompt="Tides", model="o4-mini-deep-research",
+                        status="in_progress", tools=["web_search"])
+    sizes = [1] if len(text) < 1000 else [1, 3, 17, 60, 200]
+    state, texts, pick = ProgressState(), [""], random.Random(7)
+    card = BeautifulSoup(ui.running_card_html(task, state), "html.parser")
+    while len(state.text) < len(text):
+        grown = text[:len(state.text) + pick.choice(sizes)]
+        state.apply([ProgressEvent(len(texts), "output_text.delta", {"delta": grown[len(state.text):]})])
+        texts.append(grown)
+        replayed_from = texts[-4] if len(texts) % 7 == 0 else texts[-2]
+        swap_stream(card, ui.progress_html([ProgressEvent(state.last, "output_text.delta", {"delta": grown[len(replayed_from):]})],
+                                           state, task, False, live=replayed_from == texts[-2]))
+        assert shown_answer(card) == str(BeautifulSoup(growing_markdown_html(grown), "html.parser")), grown
+    assert card.select_one(".task-usage").get_text().endswith("so far (estimate)")

@@ -34,7 +34,7 @@ def test_a_running_deep_research_task_shows_its_summary_searches_and_growing_ans
     expect(card.locator(".task-live .task-output")).to_contain_text("[Demo mode]", timeout=10_000)
     first = answer_length(card)
     page.wait_for_function("n => (document.querySelector('.task-live .task-output')?.innerText.length || 0) > n", arg=first)
-    expect(card.locator(".task-live")).to_contain_text("so far (estimate)")
+    expect(card.locator(".task-usage")).to_contain_text("so far (estimate)")
     streaming_polls = [url for url in visitor.requests if "/api/status/" in url]
 
     finished = page.locator("#tasks article.task").first
@@ -64,6 +64,34 @@ def test_a_reload_mid_run_shows_at_least_what_was_there_and_goes_on(visit_server
     expect(reloaded.locator(".task-steps li")).to_have_count(3)
     expect(page.locator(f"#task-{task_id} span.status")).to_have_text("Completed", timeout=15_000)
     expect(page.locator(f"#task-{task_id} .task-output")).to_contain_text("What the sources say")
+    assert_stayed_local(visitor)
+
+
+def live_headings(page, task_id: str, at_least: int) -> list[str]:
+    "The headings of a running card's live answer, read at once as soon as there are `at_least` of them."
+    return page.wait_for_function("([id, n]) => { const h = [...document.querySelectorAll(`#task-${id} .task-live h2`)]; "
+                                  "return h.length >= n && h.map(e => e.textContent); }", arg=[task_id, at_least],
+                                  timeout=15_000).json_value()
+
+
+def test_a_long_answer_grows_in_order_and_once_across_a_reload(visit_server):
+    """A report-length answer (`[demo:long]`: 24 parts) arrives block by block: each part shows once and in order,
+    before a reload mid-run and after it."""
+    visitor = visit_server(DEMO_DELAY_SECONDS="12")
+    page = visitor.open()
+    page.locator("select[name=model]").select_option("o4-mini-deep-research")
+    page.locator("textarea[name=prompt]").fill(QUESTION + " [demo:long]")
+    page.get_by_role("button", name="Queue Task").click()
+    task_id = page.locator("#tasks article.task").first.get_attribute("data-task-id")
+    in_order = lambda headings: ["What the sources say", *(f"Part {n}" for n in range(1, len(headings)))]
+    before = live_headings(page, task_id, 6)
+    assert before == in_order(before)
+
+    page.reload()
+    after = live_headings(page, task_id, 16)
+    assert after == in_order(after)
+    expect(page.locator(f"#task-{task_id} span.status")).to_have_text("Completed", timeout=15_000)
+    expect(page.locator(f"#task-{task_id} .task-output h2")).to_have_count(25)
     assert_stayed_local(visitor)
 
 
