@@ -378,7 +378,7 @@ def measure(bench) -> list[Row]:
         f"{polled['cpu']['load']:.2f} s over {polled['seconds']:.1f} s ({polled['polled']['polls']} polls)")
     mem = memory(bench, emulator, streams, ntasks, form)
     bench.stop(emulator)
-    return rows(sse, polled, mem, viewers, ntasks, seconds, streams, form, "report-length " * args.sse_long)
+    return rows(sse, polled, mem, viewers, ntasks, seconds, streams, form, " (report-length answers)" * args.sse_long)
 
 
 def per_viewer_minute(cpu_s: float, viewers: int, seconds: float) -> float:
@@ -394,7 +394,7 @@ def rows(sse, polled, mem, viewers, ntasks, seconds, streams, form, answers: str
     poll_net = per_viewer_minute(polled["cpu"]["app"] - polled["cpu"]["control"], viewers, polled["seconds"])
     control = lambda w: f"{fmt(w['cpu']['control'] / w['seconds'] * 100, 1)}%"
     load = lambda w: f"{w['cpu']['load'] / w['seconds'] * 100:.0f}%"
-    head = f"{viewers} viewers of {ntasks} streaming tasks ({answers}answers) for {fmt(seconds, 0)} s"
+    head = f"{viewers} viewers of {ntasks} streaming tasks{answers} for {fmt(seconds, 0)} s"
     p = polled["polled"]
     lag_ms = lambda s: f"{fmt(pct(s['lag'], 0.99) * 1000, 0)} ms (max {fmt(max(s['lag'], default=0) * 1000, 0)})"
     table = [
