@@ -168,7 +168,8 @@ def answer_events(events, state: ProgressState, live: bool) -> list[str]:
     grown = grown_markdown_parts(before, state.text) if live and before else None
     if grown is None: return [sse("output_text.delta", to_xml(answer_part(state.text)), state.last)]
     finished, written = grown
-    return [sse("answer.blocks", finished, state.last)] * bool(finished) + [sse("answer.tail", written, state.last)]
+    blocks = [sse("answer.blocks", finished, state.last)] if finished else []
+    return [*blocks, sse("answer.tail", written, state.last)]
 
 
 def progress_html(events, state: ProgressState, task: dict, ended: bool, live: bool = False) -> bytes:
