@@ -364,7 +364,7 @@ class Script:
 
 
 LONG_PARTS = 24
-LONG_PARAGRAPH = ("This part is made up too, so that a demo answer is as long as a deep-research report (some 20 KB): "
+LONG_PARAGRAPH = ("This part is made up too, so that a demo answer is as long as a deep-research report (some 15 KB): "
                   "the Moon raises a bulge of water on the side of the Earth that faces it and another on the far side, "
                   "and the Earth turns under both, so most coasts see two high tides a day. The Sun does the same, less "
                   "than half as strongly; when the two pull together, the tides are larger. A bay's shape and depth "
