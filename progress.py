@@ -17,6 +17,7 @@ import secrets
 import time
 import types
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from openai_client import OpenAIError, OpenAIGateway
@@ -194,8 +195,10 @@ class Follower:
         self.started = asyncio.get_running_loop().create_future()
 
     def take_on(self, viewer: "Viewer"):
-        "A new viewer: its replay ends where this follower's next batch will begin."
-        viewer.boundary = self.state.last
+        """A new viewer: its replay ends where this follower's next batch will begin, or where the viewer already is
+        if that is further (a page drawn from the store before this follower read it, a stream resumed here after
+        another server's)."""
+        viewer.boundary = max(self.state.last, viewer.after)
         self.viewers.add(viewer)
 
     async def run(self):
@@ -203,7 +206,7 @@ class Follower:
         relay, claimed_at = None, 0.0
         try:
             self.state.apply([decoded(r) for r in await self.hub.store.progress_after(self.task_id, -1)])
-            for viewer in self.viewers: viewer.boundary = self.state.last
+            for viewer in self.viewers: viewer.boundary = max(self.state.last, viewer.after)
             self.started.set_result(None)
             while self.viewers:
                 if time.monotonic() - claimed_at > LEASE_SECONDS / 2 and (task := await self.hub.store.get(self.task_id)):
@@ -237,19 +240,29 @@ class Follower:
         events = [decoded(r) for r in await self.hub.store.progress_after(self.task_id, self.state.last)]
         self.state.apply(events)
         if events or ended:
-            formatted = {}
+            batches = {}
             for viewer in list(self.viewers):
-                if viewer.format not in formatted:
-                    formatted[viewer.format] = viewer.format(events, self.state, task, ended, live=True)
-                viewer.hand(Batch(self.state.last, formatted[viewer.format], ended))
+                if viewer.format not in batches: batches[viewer.format] = self._batch(viewer.format, events, task, ended)
+                viewer.hand(batches[viewer.format])
         return ended
+
+    def _batch(self, format, events: list[ProgressEvent], task: dict, ended: bool) -> "Batch":
+        state = self.state
+
+        def since(seq: int) -> bytes: return format([e for e in events if e.seq > seq], state, task, ended, live=False)
+        return Batch(state.last, format(events, state, task, ended, live=True), ended,
+                     events[0].seq if events else state.last + 1, since)
 
 
 @dataclass
 class Batch:
+    """What a follower hands its viewers: `chunk` for those that have what came before `first`; a viewer that
+    already has part of it (it came ahead of the follower) takes `since(the last event it has)` instead."""
     last: int
     chunk: bytes
     ended: bool
+    first: int | None = None
+    since: Callable[[int], bytes] | None = None
 
 
 def start_now(coroutine) -> asyncio.Task | None:
@@ -277,8 +290,8 @@ class Viewer:
     that reads slowly) later chunks wait behind it and then go as one write. `boundary`: the last event its
     replay holds, set by its follower as it takes the viewer on, before any batch can come."""
 
-    def __init__(self, format, write):
-        self.format, self.write = format, write
+    def __init__(self, format, write, after: int = -1):
+        self.format, self.write, self.after = format, write, after
         self.boundary, self.open = -1, True
         self.writing: asyncio.Future | None = asyncio.get_running_loop().create_future()
         self.writing.add_done_callback(self._written)
@@ -288,8 +301,10 @@ class Viewer:
         self.written_at = time.monotonic()
 
     def hand(self, batch: Batch):
-        "Write a batch the replay did not already hold; the last one (`ended`) finishes the stream."
-        if self.open and (batch.last > self.boundary or batch.ended): self.send(batch.chunk, batch.ended)
+        "Write what of a batch the viewer does not already have; the last batch (`ended`) finishes the stream."
+        if not self.open or not (batch.last > self.boundary or batch.ended): return
+        straddled = batch.since is not None and batch.first <= self.boundary
+        self.send(batch.since(self.boundary) if straddled else batch.chunk, batch.ended)
 
     def send(self, chunk: bytes, last: bool = False):
         self.ending = self.ending or last
@@ -375,7 +390,7 @@ class ProgressHub:
         each batch as it comes, to `done`; a keep-alive after `quiet_seconds` without any; returns at `done` or after
         `seconds`. Its follower starts a relay if the task's has died. Nothing stays running for the viewer once this
         returns or is cancelled (the viewer left)."""
-        viewer = Viewer(format, write)
+        viewer = Viewer(format, write, after)
         follower = self.followers.get(task["id"])
         if follower is None:
             follower = self.followers[task["id"]] = Follower(self, task["id"])

@@ -10,6 +10,7 @@ import httpx2
 import pytest
 
 import progress
+import ui
 from config import new_webhook_secret
 from progress import KEEP_ALIVE
 from responses import progress_json
@@ -188,6 +189,35 @@ async def test_a_follower_reads_the_log_when_its_relay_here_has_read_something(m
     assert len(reads) == read_by_then, f"{len(reads) - read_by_then} reads of the log while the relay had nothing"
     watching.cancel()
     relay.reading.cancel()
+
+
+async def test_a_viewer_ahead_of_its_follower_gets_nothing_twice(make_harness):
+    """A viewer resuming after an event its process's follower has not read yet (a page drawn from the store just
+    after the relay's flush; a stream resumed on another server) gets only what comes after it, and in the page's
+    stream the answer whole (the shared batch would add to an answer the page does not show)."""
+    harness = await make_harness()
+    store, task, relay = await relay_of_a_new_task(harness, "task_viewerahead0001")
+    hub, viewers = harness.services.tasks.progress, {}
+    hub.relays[task["id"]], relay.reading = relay, asyncio.create_task(asyncio.Event().wait())
+
+    def watching(name: str, after: int, format):
+        chunks = viewers[name] = []
+
+        async def write(chunk): chunks.append(chunk)
+        return asyncio.create_task(hub.watch(task, after, format, write, quiet_seconds=30, seconds=60))
+    first = watching("first", -1, progress_json)
+    await wait_for(lambda: task["id"] in hub.followers and hub.followers[task["id"]].started.done())
+    await store.append_progress(task["id"], [(1, "output_text.delta", '{"delta": "One.\\n\\n"}'),
+                                             (2, "output_text.delta", '{"delta": "Two.\\n\\n"}')])
+    ahead = [watching("json", 2, progress_json), watching("html", 2, ui.progress_html)]
+    await wait_for(lambda: all(hub.followers[task["id"]].viewers) and len(hub.followers[task["id"]].viewers) == 3)
+    relay.recorder.add(delta(3, "Three."))
+    hub.wake(task["id"])
+    await wait_for(lambda: all(any(b"Three." in chunk for chunk in chunks) for chunks in viewers.values()))
+    assert [e["id"] for e in await read_events(Written(viewers["json"]), stop=lambda e: False)] == ["3"]
+    html = b"".join(viewers["html"])
+    assert b"event: output_text.delta" in html and b"event: answer.blocks" not in html, "the answer drawn whole"
+    for task_ in (first, *ahead, relay.reading): task_.cancel()
 
 
 async def test_a_flush_that_fails_after_writing_doubles_nothing(make_harness):
