@@ -231,7 +231,7 @@ class Follower:
         awaited between moving `state.last` and handing the batch, so a batch is wholly before or after it."""
         if relay := self.hub.relays.get(self.task_id):
             await relay.flush()
-            self.woken.clear()  # the flush's own wake: what it recorded is read below
+            if not relay.recorder.pending: self.woken.clear()  # the flush's own wake: what it recorded is read below
         task = await self.hub.store.get(self.task_id)
         if task is None:
             for viewer in list(self.viewers): viewer.hand(Batch(self.state.last, b"", True))
@@ -404,7 +404,7 @@ class ProgressHub:
             state = ProgressState()
             state.apply(held)
             replay = [e for e in held if e.seq > after]
-            viewer.replayed(format(replay, state, task, ended, live=False) if replay or ended else b"", ended)
+            viewer.replayed(format(replay, state, task, ended, live=False), ended)
             deadline = time.monotonic() + seconds
             while not viewer.finished.done() and (left := deadline - time.monotonic()) > 0:
                 await asyncio.wait([viewer.finished], timeout=min(quiet_seconds, left))

@@ -161,12 +161,15 @@ def cost_so_far(task: dict, progress: ProgressState) -> str:
 
 
 def answer_events(events, state: ProgressState, live: bool) -> list[str]:
-    """The answer's events of a batch: live, what it adds to the answer the viewer shows; replayed (its viewer may
-    show anything from nothing to where its replay starts), or when the answer cannot just grow, the answer whole."""
+    """The answer's events of a batch: live, what it adds to the answer the viewer shows, or the answer whole when it
+    cannot just grow; replayed, the answer whole, even if the replay brings no text (its viewer may show anything,
+    from nothing to more than the replay holds: a stream resumed elsewhere, or cut between two events of a batch)."""
+    def whole(): return [sse("output_text.delta", to_xml(answer_part(state.text)), state.last)]
+    if not live: return whole() if state.text else []
     added = sum(len(event.data["delta"]) for event in events if event.kind == "output_text.delta")
     before = state.text[:len(state.text) - added]
-    grown = grown_markdown_parts(before, state.text) if live and before else None
-    if grown is None: return [sse("output_text.delta", to_xml(answer_part(state.text)), state.last)]
+    grown = grown_markdown_parts(before, state.text) if before else None
+    if grown is None: return whole()
     finished, written = grown
     blocks = [sse("answer.blocks", finished, state.last)] if finished else []
     return [*blocks, sse("answer.tail", written, state.last)]
@@ -180,7 +183,7 @@ def progress_html(events, state: ProgressState, task: dict, ended: bool, live: b
     parts = {"status": lambda: status_badge(state.status), "reasoning_summary.delta": lambda: live_summary_part(state.summary),
              "step": lambda: steps_part(state.steps)}
     chunks = [sse(kind, to_xml(draw()), state.last) for kind, draw in parts.items() if kind in kinds]
-    if "output_text.delta" in kinds: chunks += answer_events(events, state, live)
+    if "output_text.delta" in kinds or not live: chunks += answer_events(events, state, live)
     if kinds & {"output_text.delta", "step"}: chunks.append(sse("answer.cost", cost_so_far(task, state), state.last))
     return "".join(chunks).encode()
 

@@ -191,6 +191,31 @@ async def test_a_follower_reads_the_log_when_its_relay_here_has_read_something(m
     relay.reading.cancel()
 
 
+async def test_an_event_read_while_the_follower_has_its_relay_flush_is_not_left_waiting(make_harness, monkeypatch):
+    "The relay reads an event while the flush the follower asked for is writing: its wake is kept, for the next batch."
+    monkeypatch.setattr(progress, "FLUSH_SECONDS", 3600)
+    harness = await make_harness()
+    store, task, relay = await relay_of_a_new_task(harness, "task_readwhileflush1")
+    hub, chunks, write = harness.services.tasks.progress, [], store.append_progress
+    hub.relays[task["id"]], relay.reading = relay, asyncio.create_task(asyncio.Event().wait())
+
+    async def meanwhile_read(task_id, events):
+        if events[0][0] == 1:
+            relay.recorder.add(delta(2, " world"))
+            hub.wake(task_id)
+        await write(task_id, events)
+
+    async def into(chunk): chunks.append(chunk)
+    store.append_progress = meanwhile_read
+    watching = asyncio.create_task(hub.watch(task, -1, progress_json, into, quiet_seconds=30, seconds=60))
+    await wait_for(lambda: task["id"] in hub.followers and hub.followers[task["id"]].started.done())
+    relay.recorder.add(delta(1, "Hello"))
+    hub.wake(task["id"])
+    await wait_for(lambda: b" world" in b"".join(chunks), timeout=2.5)
+    watching.cancel()
+    relay.reading.cancel()
+
+
 async def test_a_viewer_ahead_of_its_follower_gets_nothing_twice(make_harness):
     """A viewer resuming after an event its process's follower has not read yet (a page drawn from the store just
     after the relay's flush; a stream resumed on another server) gets only what comes after it, and in the page's

@@ -142,3 +142,21 @@ def test_the_pages_stream_shows_the_answer_as_rendered_whole_after_every_batch(t
                                            state, task, False, live=replayed_from == texts[-2]))
         assert shown_answer(card) == str(BeautifulSoup(growing_markdown_html(grown), "html.parser")), grown
     assert card.select_one(".task-usage").get_text().endswith("so far (estimate)")
+
+
+def test_a_replay_sets_a_page_that_shows_more_back_to_what_it_holds():
+    """A page showing more of the answer than its stream's replay holds (htmx reconnected with the page's first
+    `after` to a server whose follower is behind), even a replay with no answer event in it: the answer is drawn as
+    the replay holds it, so that the next live batch adds to the right answer."""
+    task = new_task_row(id="task_replayedbehind1", owner="o", account="o", prompt="Tides", model="o4-mini-deep-research",
+                        status="in_progress")
+    ahead, behind = ProgressState(), ProgressState()
+    ahead.apply([ProgressEvent(3, "output_text.delta", {"delta": "One.\n\nTwo.\n\nThr"})])
+    behind.apply([ProgressEvent(1, "output_text.delta", {"delta": "One.\n\n"}), ProgressEvent(2, "step", {"type": "web_search"})])
+    card = BeautifulSoup(ui.running_card_html(task, ahead), "html.parser")
+    swap_stream(card, ui.progress_html([ProgressEvent(2, "step", {"type": "web_search"})], behind, task, False, live=False))
+    assert shown_answer(card) == str(BeautifulSoup(growing_markdown_html("One.\n\n"), "html.parser"))
+    batch = [ProgressEvent(3, "output_text.delta", {"delta": "Two.\n\nThr"})]
+    behind.apply(batch)
+    swap_stream(card, ui.progress_html(batch, behind, task, False, live=True))
+    assert shown_answer(card) == str(BeautifulSoup(growing_markdown_html("One.\n\nTwo.\n\nThr"), "html.parser"))
