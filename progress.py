@@ -171,15 +171,18 @@ class Relay:
         self.hub.wake(self.task["id"])
 
     async def _flush_every(self):
+        "Flush every FLUSH_SECONDS and renew the lease; a store that fails is tried again at the next tick."
         renewed = time.monotonic()
         while True:
             await asyncio.sleep(FLUSH_SECONDS)
-            await self.flush()
-            if time.monotonic() - renewed > LEASE_SECONDS / 3:
-                renewed = time.monotonic()
-                if not await self.hub.store.claim_relay(self.task["id"], self.hub.holder, LEASE_SECONDS):
-                    log.info("the relay of %s stops: the task ended, or another process holds its lease", self.task["id"])
-                    self.reading.cancel()
+            try:
+                await self.flush()
+                if time.monotonic() - renewed > LEASE_SECONDS / 3:
+                    if not await self.hub.store.claim_relay(self.task["id"], self.hub.holder, LEASE_SECONDS):
+                        log.info("the relay of %s stops: the task ended, or another process holds its lease", self.task["id"])
+                        self.reading.cancel()
+                    renewed = time.monotonic()
+            except StoreUnavailable as exc: log.warning("progress of %s not recorded yet: %s", self.task["id"], exc)
 
 
 class Follower:

@@ -216,6 +216,29 @@ async def test_an_event_read_while_the_follower_has_its_relay_flush_is_not_left_
     relay.reading.cancel()
 
 
+async def test_a_relay_whose_store_fails_for_a_moment_goes_on_flushing_and_keeps_its_lease(make_harness, monkeypatch):
+    "A failed flush or lease renewal is tried again at the next tick: the relay goes on recording and keeps its lease."
+    monkeypatch.setattr(progress, "LEASE_SECONDS", 0.6)
+    harness = await make_harness()
+    store, task, relay = await relay_of_a_new_task(harness, "task_storehiccup0001")
+    claim, failures = store.claim_relay, []
+
+    async def failing_once(task_id, holder, seconds):
+        if not failures:
+            failures.append(True)
+            raise StoreUnavailable("the database restarted")
+        return await claim(task_id, holder, seconds)
+    store.claim_relay = failing_once
+    assert await store.attach_response(task["id"], "resp_storehiccup") and await claim(task["id"], relay.hub.holder, 0.6)
+    relay.reading = asyncio.current_task()
+    flushing = asyncio.create_task(relay._flush_every())
+    await wait_for(lambda: failures, timeout=2)
+    relay.recorder.add(delta(1, "Hello"))
+    await wait_for(lambda: relay.recorded == 1, timeout=2)
+    assert not await claim(task["id"], "another process", 0.6), "the lease was renewed after the failure"
+    flushing.cancel()
+
+
 async def test_a_viewer_ahead_of_its_follower_gets_nothing_twice(make_harness):
     """A viewer resuming after an event its process's follower has not read yet (a page drawn from the store just
     after the relay's flush; a stream resumed on another server) gets only what comes after it, and in the page's
