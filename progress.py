@@ -187,7 +187,7 @@ class Relay:
 
 class Follower:
     """Reads one task's log for this process's viewers and hands each of them every new batch, formatted once per
-    format in use (`format(events, state, task, ended, live=True)` -> bytes; a replay is formatted with `live=False`);
+    format in use (`format(events, state, task, ended, live=True)` -> bytes; a replay, even an empty one, `live=False`);
     ends once the task has, and stops when its last viewer leaves. A relay in this process wakes it at each event
     and when it stops; without one it looks at the log every FOLLOW_POLL_SECONDS (and with one, every
     LEASE_SECONDS / 2, for an end recorded elsewhere)."""

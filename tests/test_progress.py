@@ -305,7 +305,7 @@ async def test_a_quiet_stream_gets_keep_alives_and_its_viewer_leaves_nothing_run
     hub, written, started = harness.services.tasks.progress, [], time.monotonic()
 
     async def write(chunk): written.append(chunk)
-    watching = asyncio.create_task(hub.watch(task, -1, lambda *_, **__: b"batch", write, quiet_seconds=0.3, seconds=60))
+    watching = asyncio.create_task(hub.watch(task, -1, lambda events, *_, **__: b"batch" if events else b"", write, quiet_seconds=0.3, seconds=60))
     await wait_for(lambda: len(written) >= 3, timeout=5)
     assert written[:3] == [KEEP_ALIVE] * 3 and time.monotonic() - started >= 0.6
     watching.cancel()
@@ -321,7 +321,7 @@ async def test_a_viewer_whose_replay_ends_with_done_gets_it_once_and_is_let_go(m
                                               model="gpt-5-mini", status="in_progress"), 5)
     first, second = [], []
 
-    def fmt(events, state, task, ended, live): return b"done\n" if ended else b"batch\n"
+    def fmt(events, state, task, ended, live): return b"done\n" if ended else b"batch\n" * bool(events)
 
     def into(chunks):
         async def write(chunk): chunks.append(chunk)
