@@ -143,6 +143,24 @@ async def relay_of_a_new_task(harness, task_id: str):
 def delta(seq: int, text: str): return SimpleNamespace(type="response.output_text.delta", sequence_number=seq, delta=text)
 
 
+async def relay_here(harness, task_id: str):
+    "A new task whose relay is this process's (the hub knows it; it reads nothing unless the test gives it events)."
+    store, task, relay = await relay_of_a_new_task(harness, task_id)
+    hub = harness.services.tasks.progress
+    hub.relays[task_id], relay.reading = relay, asyncio.create_task(asyncio.Event().wait())
+    return store, task, relay, hub
+
+
+def viewer(hub, task: dict, chunks: list[bytes], after: int = -1, format=progress_json) -> asyncio.Task:
+    "A viewer of the task whose stream's chunks go to `chunks`."
+    async def write(chunk): chunks.append(chunk)
+    return asyncio.create_task(hub.watch(task, after, format, write, quiet_seconds=30, seconds=60))
+
+
+async def followed(hub, task: dict):
+    await wait_for(lambda: task["id"] in hub.followers and hub.followers[task["id"]].started.done())
+
+
 async def test_a_flush_cancelled_mid_write_loses_nothing(make_harness):
     "What a cancelled flush took (a process stopping, its follower cancelled) is recorded by the next flush."
     store, task, relay = await relay_of_a_new_task(await make_harness(), "task_flushcancelled1")
@@ -167,20 +185,15 @@ async def test_a_flush_cancelled_mid_write_loses_nothing(make_harness):
 async def test_a_follower_reads_the_log_when_its_relay_here_has_read_something(make_harness):
     """With the task's relay in this process, its follower reads the log when the relay wakes it: not once more for
     the flush it had the relay make itself, and not on a timer while the stream is quiet (a search, say)."""
-    harness = await make_harness()
-    store, task, relay = await relay_of_a_new_task(harness, "task_quietrelayhere1")
-    hub, batches, reads = harness.services.tasks.progress, [], []
-    hub.relays[task["id"]], relay.reading = relay, asyncio.create_task(asyncio.Event().wait())
-    read = store.progress_after
+    store, task, relay, hub = await relay_here(await make_harness(), "task_quietrelayhere1")
+    batches, reads, read = [], [], store.progress_after
 
     async def counted_read(task_id, after):
         reads.append(after)
         return await read(task_id, after)
-
-    async def write(chunk): batches.append(chunk)
     store.progress_after = counted_read
-    watching = asyncio.create_task(hub.watch(task, -1, progress_json, write, quiet_seconds=30, seconds=60))
-    await wait_for(lambda: task["id"] in hub.followers and hub.followers[task["id"]].started.done())
+    watching = viewer(hub, task, batches)
+    await followed(hub, task)
     relay.recorder.add(delta(1, "Hello"))
     hub.wake(task["id"])
     await wait_for(lambda: any(b"Hello" in chunk for chunk in batches))
@@ -194,21 +207,17 @@ async def test_a_follower_reads_the_log_when_its_relay_here_has_read_something(m
 async def test_an_event_read_while_the_follower_has_its_relay_flush_is_not_left_waiting(make_harness, monkeypatch):
     "The relay reads an event while the flush the follower asked for is writing: its wake is kept, for the next batch."
     monkeypatch.setattr(progress, "FLUSH_SECONDS", 3600)
-    harness = await make_harness()
-    store, task, relay = await relay_of_a_new_task(harness, "task_readwhileflush1")
-    hub, chunks, write = harness.services.tasks.progress, [], store.append_progress
-    hub.relays[task["id"]], relay.reading = relay, asyncio.create_task(asyncio.Event().wait())
+    store, task, relay, hub = await relay_here(await make_harness(), "task_readwhileflush1")
+    chunks, write = [], store.append_progress
 
     async def meanwhile_read(task_id, events):
         if events[0][0] == 1:
             relay.recorder.add(delta(2, " world"))
             hub.wake(task_id)
         await write(task_id, events)
-
-    async def into(chunk): chunks.append(chunk)
     store.append_progress = meanwhile_read
-    watching = asyncio.create_task(hub.watch(task, -1, progress_json, into, quiet_seconds=30, seconds=60))
-    await wait_for(lambda: task["id"] in hub.followers and hub.followers[task["id"]].started.done())
+    watching = viewer(hub, task, chunks)
+    await followed(hub, task)
     relay.recorder.add(delta(1, "Hello"))
     hub.wake(task["id"])
     await wait_for(lambda: b" world" in b"".join(chunks), timeout=2.5)
@@ -243,21 +252,13 @@ async def test_a_viewer_ahead_of_its_follower_gets_nothing_twice(make_harness):
     """A viewer resuming after an event its process's follower has not read yet (a page drawn from the store just
     after the relay's flush; a stream resumed on another server) gets only what comes after it, and in the page's
     stream the answer whole (the shared batch would add to an answer the page does not show)."""
-    harness = await make_harness()
-    store, task, relay = await relay_of_a_new_task(harness, "task_viewerahead0001")
-    hub, viewers = harness.services.tasks.progress, {}
-    hub.relays[task["id"]], relay.reading = relay, asyncio.create_task(asyncio.Event().wait())
-
-    def watching(name: str, after: int, format):
-        chunks = viewers[name] = []
-
-        async def write(chunk): chunks.append(chunk)
-        return asyncio.create_task(hub.watch(task, after, format, write, quiet_seconds=30, seconds=60))
-    first = watching("first", -1, progress_json)
-    await wait_for(lambda: task["id"] in hub.followers and hub.followers[task["id"]].started.done())
+    store, task, relay, hub = await relay_here(await make_harness(), "task_viewerahead0001")
+    viewers = {"first": [], "json": [], "html": []}
+    first = viewer(hub, task, viewers["first"])
+    await followed(hub, task)
     await store.append_progress(task["id"], [(1, "output_text.delta", '{"delta": "One.\\n\\n"}'),
                                              (2, "output_text.delta", '{"delta": "Two.\\n\\n"}')])
-    ahead = [watching("json", 2, progress_json), watching("html", 2, ui.progress_html)]
+    ahead = [viewer(hub, task, viewers["json"], after=2), viewer(hub, task, viewers["html"], after=2, format=ui.progress_html)]
     await wait_for(lambda: all(hub.followers[task["id"]].viewers) and len(hub.followers[task["id"]].viewers) == 3)
     relay.recorder.add(delta(3, "Three."))
     hub.wake(task["id"])
