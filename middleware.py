@@ -89,8 +89,13 @@ SECURITY_HEADERS = [(b"content-security-policy", CONTENT_SECURITY_POLICY.encode(
                     (b"x-frame-options", b"DENY")]
 
 
+SERVER_SEND = "app.server_send"
+
+
 class SecurityHeaders:
-    """Add the security headers to every response, and mark cookies Secure when the request came over HTTPS."""
+    """Add the security headers to every response, and mark cookies Secure when the request came over HTTPS. As the
+    outermost layer it also puts the server's own `send` in the scope (SERVER_SEND), for the body of a response that
+    no middleware changes after its start: an event stream's chunks (responses.EventStreamResponse)."""
 
     def __init__(self, app):
         self.app = app
@@ -98,6 +103,7 @@ class SecurityHeaders:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http": return await self.app(scope, receive, send)
         https = scope.get("scheme") == "https"
+        scope[SERVER_SEND] = send
 
         async def send_with_headers(message):
             if message["type"] == "http.response.start":

@@ -189,12 +189,13 @@ class Follower:
     """Reads one task's log for this process's viewers and hands each of them every new batch, formatted once per
     format in use (`format(events, state, task, ended, live=True)` -> bytes; a replay, even an empty one, `live=False`);
     ends once the task has, and stops when its last viewer leaves. A relay in this process wakes it at each event
-    and when it stops; without one it looks at the log every FOLLOW_POLL_SECONDS (and with one, every
-    LEASE_SECONDS / 2, for an end recorded elsewhere)."""
+    and when it stops; while one runs here, the task is read again only every LEASE_SECONDS / 2 (for an end recorded
+    elsewhere) and once it stops. Without one it looks at the log and the task every FOLLOW_POLL_SECONDS."""
 
     def __init__(self, hub: "ProgressHub", task_id: str):
         self.hub, self.task_id = hub, task_id
         self.viewers: set["Viewer"] = set()
+        self.task: dict | None = None
         self.state, self.woken = ProgressState(), asyncio.Event()
         self.started = asyncio.get_running_loop().create_future()
 
@@ -207,14 +208,15 @@ class Follower:
 
     async def run(self):
         "Follow the log while anyone watches; meanwhile keep a relay going (here, if no other process holds the lease)."
-        relay, claimed_at = None, 0.0
+        relay, looked_at = None, 0.0
         try:
             self.state.apply([decoded(r) for r in await self.hub.store.progress_after(self.task_id, -1)])
             for viewer in self.viewers: viewer.boundary = max(self.state.last, viewer.after)
             self.started.set_result(None)
             while self.viewers:
-                if time.monotonic() - claimed_at > LEASE_SECONDS / 2 and (task := await self.hub.store.get(self.task_id)):
-                    relay, claimed_at = await self.hub.relay(task) or relay, time.monotonic()
+                if time.monotonic() - looked_at > LEASE_SECONDS / 2:
+                    self.task, looked_at = await self.hub.store.get(self.task_id), time.monotonic()
+                    if self.task is not None: relay = await self.hub.relay(self.task) or relay
                 looks_every = LEASE_SECONDS / 2 if self.task_id in self.hub.relays else FOLLOW_POLL_SECONDS
                 try:
                     async with asyncio.timeout(looks_every): await self.woken.wait()
@@ -233,10 +235,12 @@ class Follower:
     async def _publish(self) -> bool:
         """Hand the new events to every viewer; True once the task has ended (and `done` was handed). Nothing is
         awaited between moving `state.last` and handing the batch, so a batch is wholly before or after it."""
-        if relay := self.hub.relays.get(self.task_id):
+        relay = self.hub.relays.get(self.task_id)
+        if relay is not None and not relay.reading.done():
             await relay.flush()
             if not relay.recorder.pending: self.woken.clear()  # the flush's own wake: what it recorded is read below
-        task = await self.hub.store.get(self.task_id)
+        if relay is None or relay.reading.done(): self.task = await self.hub.store.get(self.task_id)
+        task = self.task
         if task is None:
             for viewer in list(self.viewers): viewer.hand(Batch(self.state.last, b"", True))
             return True
@@ -358,7 +362,7 @@ class ProgressHub:
 
     async def close(self):
         "Stop this process's relays (each records what it read first) and followers."
-        running = [*(r.reading for r in self.relays.values()), *(f.task for f in self.followers.values())]
+        running = [*(r.reading for r in self.relays.values()), *(f.following for f in self.followers.values())]
         for task in running: task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
 
@@ -398,7 +402,7 @@ class ProgressHub:
         follower = self.followers.get(task["id"])
         if follower is None:
             follower = self.followers[task["id"]] = Follower(self, task["id"])
-            follower.task = asyncio.create_task(follower.run())
+            follower.following = asyncio.create_task(follower.run())
         follower.take_on(viewer)
         try:
             await follower.started
