@@ -1,4 +1,6 @@
 """The entry point: `app` for uvicorn and Vercel (`app:app`); `python app.py` serves it on HOST:PORT."""
+import gc
+
 import uvicorn
 
 from telemetry import log_as_json
@@ -6,6 +8,7 @@ from web import create_app
 
 log_as_json()
 app = create_app()
+gc.freeze()  # what start-up made lives as long as the process: the full collections of a busy server skip it
 
 if __name__ == "__main__":
     settings = app.state.services.settings
