@@ -4,10 +4,11 @@ One relay per task (a lease in the store says whose) reads OpenAI's stream of th
 progress log: status changes, answer and reasoning-summary text (deltas coalesced, a few writes a second), and
 steps (web searches, file searches, tool calls). Each recorded event's id is the sequence number of the last
 OpenAI event it holds, so a relay that dies is resumed by the next one from `starting_after` that id: nothing
-lost, nothing doubled. One follower per task per process reads the log (woken by a relay in this process as
-soon as it reads an event, which it then flushes first; or polling one elsewhere) and writes each batch to its
-viewers' streams itself, formatted once for all of them: a viewer has no task of its own to wake. A batch goes at
-once after a quiet spell, then at most one per PUBLISH_GAP_SECONDS, each one write per viewer.
+lost, nothing doubled. One follower per task per process follows the log: from a relay in this process, which
+wakes it as soon as it reads an event, flushes it first and hands it what it recorded; else by polling the log.
+It writes each batch to its viewers' streams itself, formatted once for all of them: a viewer has no task of its
+own to wake. A batch goes at once after a quiet spell, then at most one per PUBLISH_GAP_SECONDS, each one write
+per viewer.
 The log is a bonus for viewers: the task's end is still recorded by the webhook and by reconcile-on-read.
 """
 import asyncio
@@ -119,11 +120,13 @@ class Relay:
     def __init__(self, hub: "ProgressHub", task: dict, stream=None):
         self.hub, self.task, self.stream = hub, task, stream
         self.recorder, self.recorded, self.flushing = Recorder(), 0, asyncio.Lock()
+        self.last_recorded = -1
         self.reading: asyncio.Task | None = None
 
     async def run(self):
         task_id = self.task["id"]
-        self.recorded, self.recorder.seq = await self.hub.store.progress_extent(task_id)
+        self.recorded, self.last_recorded = await self.hub.store.progress_extent(task_id)
+        self.recorder.seq = self.last_recorded
         flusher = asyncio.create_task(self._flush_every())
         try: await self._read()
         except OpenAIError as exc: log.info("progress stream of %s stopped: %s", task_id, exc.message)
@@ -168,7 +171,8 @@ class Relay:
                 self.recorder.put_back(events)
                 raise
             self.recorded += len(events)
-        self.hub.wake(self.task["id"])
+            after, self.last_recorded = self.last_recorded, events[-1].seq
+        if follower := self.hub.followers.get(self.task["id"]): follower.hear(after, events)
 
     async def _flush_every(self):
         "Flush every FLUSH_SECONDS and renew the lease; a store that fails is tried again at the next tick."
@@ -189,15 +193,25 @@ class Follower:
     """Reads one task's log for this process's viewers and hands each of them every new batch, formatted once per
     format in use (`format(events, state, task, ended, live=True)` -> bytes; a replay, even an empty one, `live=False`);
     ends once the task has, and stops when its last viewer leaves. A relay in this process wakes it at each event
-    and when it stops; while one runs here, the task is read again only every LEASE_SECONDS / 2 (for an end recorded
-    elsewhere) and once it stops. Without one it looks at the log and the task every FOLLOW_POLL_SECONDS."""
+    and when it stops, and hands it what it records (`hear`), which is then not read back from the log; while one
+    runs here, the task is read again only every LEASE_SECONDS / 2 (for an end recorded elsewhere) and once it stops.
+    Without one it looks at the log and the task every FOLLOW_POLL_SECONDS."""
 
     def __init__(self, hub: "ProgressHub", task_id: str):
         self.hub, self.task_id = hub, task_id
         self.viewers: set["Viewer"] = set()
         self.task: dict | None = None
+        self.heard, self.heard_after = [], None
         self.state, self.woken = ProgressState(), asyncio.Event()
         self.started = asyncio.get_running_loop().create_future()
+
+    def hear(self, after: int, events: list[ProgressEvent]):
+        """A relay here recorded `events`, the log's next after the event `after`: the next batch takes them from
+        here, not from the log, if what was heard since the last batch follows on from what this follower has."""
+        if not self.heard: self.heard_after = after
+        elif self.heard[-1].seq != after: self.heard_after = None
+        self.heard += events
+        self.woken.set()
 
     def take_on(self, viewer: "Viewer"):
         """A new viewer: its replay ends where this follower's next batch will begin, or where the viewer already is
@@ -245,7 +259,9 @@ class Follower:
             for viewer in list(self.viewers): viewer.hand(Batch(self.state.last, b"", True))
             return True
         ended = task["status"] in TERMINAL
-        events = [decoded(r) for r in await self.hub.store.progress_after(self.task_id, self.state.last)]
+        heard, heard_after, self.heard = self.heard, self.heard_after, []
+        if heard_after is not None and heard_after <= self.state.last: events = [e for e in heard if e.seq > self.state.last]
+        else: events = [decoded(r) for r in await self.hub.store.progress_after(self.task_id, self.state.last)]
         self.state.apply(events)
         if events or ended:
             batches = {}

@@ -182,24 +182,33 @@ async def test_a_flush_cancelled_mid_write_loses_nothing(make_harness):
         (1, '{"delta": "Hello"}'), (2, '{"delta": " world"}')]
 
 
-async def test_a_follower_reads_the_log_when_its_relay_here_has_read_something(make_harness):
-    """With the task's relay in this process, its follower reads the log when the relay wakes it: not once more for
-    the flush it had the relay make itself, and not on a timer while the stream is quiet (a search, say)."""
+async def test_a_follower_takes_what_its_relay_here_records_without_reading_it_back(make_harness):
+    """With the task's relay in this process, its follower reads the log as it starts, then takes each batch from the
+    relay's flushes: no read for them, nor on a timer while the stream is quiet (a search, say). What it has not
+    heard (recorded before this relay took over, by another process's) is read from the log."""
     store, task, relay, hub = await relay_here(await make_harness(), "task_quietrelayhere1")
-    batches, reads, read = [], [], store.progress_after
+    chunks, reads, read = [], [], store.progress_after
 
     async def counted_read(task_id, after):
         reads.append(after)
         return await read(task_id, after)
     store.progress_after = counted_read
-    watching = viewer(hub, task, batches)
+    watching = viewer(hub, task, chunks)
     await followed(hub, task)
-    relay.recorder.add(delta(1, "Hello"))
+    reads_at_start = len(reads)
+    for seq, text in enumerate(["Hello", " wide", " world"], 1):
+        relay.recorder.add(delta(seq, text))
+        hub.wake(task["id"])
+        await wait_for(lambda: text.encode() in b"".join(chunks))
+    await asyncio.sleep(1.0)
+    assert len(reads) == reads_at_start, f"{len(reads) - reads_at_start} reads of what the relay here recorded"
+    await store.append_progress(task["id"], [(4, "output_text.delta", '{"delta": " and"}')])
+    relay.last_recorded = 4
+    relay.recorder.add(delta(5, " more"))
     hub.wake(task["id"])
-    await wait_for(lambda: any(b"Hello" in chunk for chunk in batches))
-    read_by_then = len(reads)
-    await asyncio.sleep(2.0)  # a quiet stream: the relay reads nothing for a while
-    assert len(reads) == read_by_then, f"{len(reads) - read_by_then} reads of the log while the relay had nothing"
+    await wait_for(lambda: b" more" in b"".join(chunks))
+    events = await read_events(Written(chunks), stop=lambda e: False)
+    assert "".join(e["data"]["delta"] for e in events) == "Hello wide world and more" and reads[reads_at_start:] == [3]
     watching.cancel()
     relay.reading.cancel()
 
@@ -258,11 +267,13 @@ async def test_a_viewer_ahead_of_its_follower_gets_nothing_twice(make_harness):
     await followed(hub, task)
     await store.append_progress(task["id"], [(1, "output_text.delta", '{"delta": "One.\\n\\n"}'),
                                              (2, "output_text.delta", '{"delta": "Two.\\n\\n"}')])
+    relay.last_recorded = 2  # recorded by the relay before its follower heard of them: the follower reads them
     ahead = [viewer(hub, task, viewers["json"], after=2), viewer(hub, task, viewers["html"], after=2, format=ui.progress_html)]
     await wait_for(lambda: all(hub.followers[task["id"]].viewers) and len(hub.followers[task["id"]].viewers) == 3)
     relay.recorder.add(delta(3, "Three."))
     hub.wake(task["id"])
     await wait_for(lambda: all(any(b"Three." in chunk for chunk in chunks) for chunks in viewers.values()))
+    assert [e["id"] for e in await read_events(Written(viewers["first"]), stop=lambda e: False)] == ["1", "2", "3"]
     assert [e["id"] for e in await read_events(Written(viewers["json"]), stop=lambda e: False)] == ["3"]
     html = b"".join(viewers["html"])
     assert b"event: output_text.delta" in html and b"event: answer.blocks" not in html, "the answer drawn whole"
