@@ -182,26 +182,34 @@ async def test_a_flush_cancelled_mid_write_loses_nothing(make_harness):
         (1, '{"delta": "Hello"}'), (2, '{"delta": " world"}')]
 
 
-async def test_a_follower_takes_what_its_relay_here_records_without_reading_it_back(make_harness):
-    """With the task's relay in this process, its follower reads the log as it starts, then takes each batch from the
-    relay's flushes: no read for them, nor on a timer while the stream is quiet (a search, say). What it has not
-    heard (recorded before this relay took over, by another process's) is read from the log."""
+async def test_a_follower_takes_what_its_relay_here_records_without_reading_it_back(make_harness, monkeypatch):
+    """With the task's relay in this process, its follower reads the log and the task as it starts, then takes each
+    batch from the relay's flushes: no read for them, nor on a timer while the stream is quiet (a search, say); the
+    task is read again only every LEASE_SECONDS / 2. What it has not heard (recorded before this relay took over, by
+    another process's) is read from the log."""
+    monkeypatch.setattr(progress, "LEASE_SECONDS", 60)
     store, task, relay, hub = await relay_here(await make_harness(), "task_quietrelayhere1")
-    chunks, reads, read = [], [], store.progress_after
+    chunks, reads, read, gets, get = [], [], store.progress_after, [], store.get
 
     async def counted_read(task_id, after):
         reads.append(after)
         return await read(task_id, after)
-    store.progress_after = counted_read
+
+    async def counted_get(task_id):
+        gets.append(task_id)
+        return await get(task_id)
+    store.progress_after, store.get = counted_read, counted_get
     watching = viewer(hub, task, chunks)
     await followed(hub, task)
-    reads_at_start = len(reads)
+    await wait_for(lambda: gets)  # its first look at the task
+    reads_at_start, gets_at_start = len(reads), len(gets)
     for seq, text in enumerate(["Hello", " wide", " world"], 1):
         relay.recorder.add(delta(seq, text))
         hub.wake(task["id"])
         await wait_for(lambda: text.encode() in b"".join(chunks))
     await asyncio.sleep(1.0)
     assert len(reads) == reads_at_start, f"{len(reads) - reads_at_start} reads of what the relay here recorded"
+    assert len(gets) == gets_at_start, f"{len(gets) - gets_at_start} reads of the task while its relay here ran"
     await store.append_progress(task["id"], [(4, "output_text.delta", '{"delta": " and"}')])
     relay.last_recorded = 4
     relay.recorder.add(delta(5, " more"))
