@@ -663,6 +663,15 @@ async def test_security_headers_on_every_answer_errors_and_500_included(harness,
     assert error_shape(answers[500])["type"] == "server_error" and "forced" not in answers[500].text
 
 
+async def test_an_event_stream_has_the_security_headers_though_its_chunks_go_past_the_middleware(make_harness):
+    harness = await make_harness(demo_delay_seconds=0.5)
+    task = (await harness.queue("Watched")).json()
+    async with harness.client.stream("GET", f"/api/events/{task['id']}", params={"format": "html"}) as response:
+        assert_security_headers(response)
+        body = b"".join([chunk async for chunk in response.aiter_raw()])
+    assert body.startswith(b"retry: ") and b"event: status" in body and b"event: done" in body
+
+
 def headers_sent_before_refusal(url: str, limit: int = 16 * 1024 * 1024) -> int:
     "Send one request's headers in 64 KB lines to a real server; how many bytes it took in before it answered or hung up."
     host, port = url.removeprefix("http://").split(":")
