@@ -111,7 +111,8 @@ class SecurityHeaders:
                            for k, v in message.get("headers", [])]
                 message = {**message, "headers": headers + SECURITY_HEADERS}
             await send(message)
-        await self.app(scope, receive, send_with_headers)
+        try: await self.app(scope, receive, send_with_headers)
+        finally: scope.pop(SERVER_SEND)  # the server's send holds the scope: no cycle left for the collector
 
 
 class CrossSiteWrites:

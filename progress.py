@@ -4,8 +4,9 @@ One relay per task (a lease in the store says whose) reads OpenAI's stream of th
 progress log: status changes, answer and reasoning-summary text (deltas coalesced, a few writes a second), and
 steps (web searches, file searches, tool calls). Each recorded event's id is the sequence number of the last
 OpenAI event it holds, so a relay that dies is resumed by the next one from `starting_after` that id: nothing
-lost, nothing doubled. One follower per task per process follows the log: from a relay in this process, which
-wakes it as soon as it reads an event, flushes it first and hands it what it recorded; else by polling the log.
+lost, nothing doubled. One follower per task per process follows the log: with the relay in this process, which
+wakes it as soon as it reads an event, it has the relay flush before each batch and takes what the relay recorded
+from the relay; else it polls the log.
 It writes each batch to its viewers' streams itself, formatted once for all of them: a viewer has no task of its
 own to wake. A batch goes at once after a quiet spell, then at most one per PUBLISH_GAP_SECONDS, each one write
 per viewer.
@@ -160,8 +161,9 @@ class Relay:
             await asyncio.sleep(min(2 ** fruitless - 1, 10))
 
     async def flush(self):
-        """Record what was read since the last flush: one flush at a time, so the log is written in order; what a
-        failed or cancelled flush took goes back, for the next one (a row already written is not written twice)."""
+        """Record what was read since the last flush, and hand it to this process's follower of the task: one flush
+        at a time, so the log is written in order; what a failed or cancelled flush took goes back, for the next one
+        (a row already written is not written twice)."""
         async with self.flushing:
             events = self.recorder.take()
             if self.recorded >= MAX_EVENTS_PER_TASK: events = [e for e in events if e.kind in ("status", "step")]
@@ -193,9 +195,9 @@ class Follower:
     """Reads one task's log for this process's viewers and hands each of them every new batch, formatted once per
     format in use (`format(events, state, task, ended, live=True)` -> bytes; a replay, even an empty one, `live=False`);
     ends once the task has, and stops when its last viewer leaves. A relay in this process wakes it at each event
-    and when it stops, and hands it what it records (`hear`), which is then not read back from the log; while one
-    runs here, the task is read again only every LEASE_SECONDS / 2 (for an end recorded elsewhere) and once it stops.
-    Without one it looks at the log and the task every FOLLOW_POLL_SECONDS."""
+    and when it stops, and hands it what it records (`hear`): while that relay runs, the log is read only for what
+    it did not hear (recorded before the relay took over), and the task every LEASE_SECONDS / 2 (an end recorded
+    elsewhere). Otherwise it reads both at each batch, and looks every FOLLOW_POLL_SECONDS."""
 
     def __init__(self, hub: "ProgressHub", task_id: str):
         self.hub, self.task_id = hub, task_id
@@ -204,10 +206,12 @@ class Follower:
         self.heard, self.heard_after = [], None
         self.state, self.woken = ProgressState(), asyncio.Event()
         self.started = asyncio.get_running_loop().create_future()
+        self.following: asyncio.Task | None = None  # its run(), started by the hub
 
     def hear(self, after: int, events: list[ProgressEvent]):
-        """A relay here recorded `events`, the log's next after the event `after`: the next batch takes them from
-        here, not from the log, if what was heard since the last batch follows on from what this follower has."""
+        """A relay here recorded `events`, the log's next after the event `after` (called with no wait after the
+        write, so in the order of the writes): the next batch takes them from here, not from the log, if what was
+        heard since the last batch follows on from what this follower has."""
         if not self.heard: self.heard_after = after
         elif self.heard[-1].seq != after: self.heard_after = None
         self.heard += events
@@ -222,7 +226,7 @@ class Follower:
 
     async def run(self):
         "Follow the log while anyone watches; meanwhile keep a relay going (here, if no other process holds the lease)."
-        relay, looked_at = None, 0.0
+        relay, looked_at = None, float("-inf")
         try:
             self.state.apply([decoded(r) for r in await self.hub.store.progress_after(self.task_id, -1)])
             for viewer in self.viewers: viewer.boundary = max(self.state.last, viewer.after)
@@ -252,15 +256,17 @@ class Follower:
         relay = self.hub.relays.get(self.task_id)
         if relay is not None and not relay.reading.done():
             await relay.flush()
-            if not relay.recorder.pending: self.woken.clear()  # the flush's own wake: what it recorded is read below
-        if relay is None or relay.reading.done(): self.task = await self.hub.store.get(self.task_id)
+            if not relay.recorder.pending: self.woken.clear()  # the flush's own wake: what it recorded is taken below
+        relay_here = relay is not None and not relay.reading.done()
+        if not relay_here: self.task = await self.hub.store.get(self.task_id)
         task = self.task
         if task is None:
             for viewer in list(self.viewers): viewer.hand(Batch(self.state.last, b"", True))
             return True
         ended = task["status"] in TERMINAL
-        heard, heard_after, self.heard = self.heard, self.heard_after, []
+        heard, heard_after, self.heard, self.heard_after = self.heard, self.heard_after, [], None
         if heard_after is not None and heard_after <= self.state.last: events = [e for e in heard if e.seq > self.state.last]
+        elif not heard and relay_here and relay.last_recorded <= self.state.last: events = []
         else: events = [decoded(r) for r in await self.hub.store.progress_after(self.task_id, self.state.last)]
         self.state.apply(events)
         if events or ended:

@@ -95,7 +95,7 @@ class EventStreamResponse(Response):
     async def __call__(self, scope, receive, send):
         body_send = scope.get(SERVER_SEND, send)
 
-        def write(chunk: bytes): return body_send({"type": "http.response.body", "body": chunk, "more_body": True})
+        async def write(chunk: bytes): await body_send({"type": "http.response.body", "body": chunk, "more_body": True})
 
         async def client_left():
             while (await receive())["type"] != "http.disconnect": pass

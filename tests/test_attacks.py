@@ -24,6 +24,7 @@ from starlette.routing import Mount, Route
 import web
 from config import Settings, new_webhook_secret
 from emulator import Emulator, MemoryRecords, signed_headers
+from middleware import SERVER_SEND, SecurityHeaders
 from store import ORPHAN_GRACE_SECONDS, store_for
 from tests.conftest import LiveServer, _drop_schema, _pg_schema_url, free_port, require_postgres, wait_for, wait_until
 from tests.test_security import TOKENS, bearer, browser, signed_in_browser
@@ -670,6 +671,15 @@ async def test_an_event_stream_has_the_security_headers_though_its_chunks_go_pas
         assert_security_headers(response)
         body = b"".join([chunk async for chunk in response.aiter_raw()])
     assert body.startswith(b"retry: ") and b"event: status" in body and b"event: done" in body
+
+
+async def test_the_scope_keeps_no_server_send_once_answered():
+    "The server's send holds the scope (uvicorn's): left in it, each request would leave a cycle for the collector."
+    seen, scope = {}, {"type": "http", "scheme": "http"}
+
+    async def app(scope, receive, send): seen["during"] = scope.get(SERVER_SEND)
+    await SecurityHeaders(app)(scope, None, print)
+    assert seen["during"] is print and SERVER_SEND not in scope
 
 
 def headers_sent_before_refusal(url: str, limit: int = 16 * 1024 * 1024) -> int:

@@ -221,6 +221,43 @@ async def test_a_follower_takes_what_its_relay_here_records_without_reading_it_b
     relay.reading.cancel()
 
 
+async def test_a_follower_whose_relay_here_stopped_reads_what_another_process_records(make_harness):
+    "The relay here stops mid-run (its stream failed, its lease lapsed) and another process's records on: the follower reads it."
+    store, task, relay, hub = await relay_here(await make_harness(), "task_relayherestops1")
+    relay.reading.add_done_callback(lambda _: hub.relays.pop(task["id"], None))
+    chunks = []
+    watching = viewer(hub, task, chunks)
+    await followed(hub, task)
+    relay.recorder.add(delta(1, "Hello"))
+    hub.wake(task["id"])
+    await wait_for(lambda: b"Hello" in b"".join(chunks))
+    relay.reading.cancel()
+    await wait_for(lambda: task["id"] not in hub.relays)
+    assert await store.attach_response(task["id"], "resp_elsewhere") and await store.claim_relay(task["id"], "relay_elsewhere", 60)
+    await store.append_progress(task["id"], [(2, "output_text.delta", '{"delta": " wide"}'), (3, "output_text.delta", '{"delta": " world"}')])
+    await wait_for(lambda: b" world" in b"".join(chunks), timeout=3)
+    await store.advance(task["id"], "completed", output_text="Hello wide world")
+    await asyncio.wait_for(watching, 5)
+    events = await read_events(Written(chunks))
+    assert "".join(e["data"]["delta"] for e in events[:-1]) == events[-1]["data"]["output_text"] == "Hello wide world"
+
+
+async def test_a_follower_on_a_machine_up_for_a_second_looks_at_its_task_at_once(make_harness, monkeypatch):
+    "A machine just started (a serverless one): the follower's first look at the task is not put off by a young clock."
+    started = time.monotonic() - 1.0
+    monkeypatch.setattr(progress, "time", SimpleNamespace(monotonic=lambda: time.monotonic() - started, time=time.time))
+    store, task, relay, hub = await relay_here(await make_harness(), "task_youngclock00001")
+    chunks = []
+    watching = viewer(hub, task, chunks)
+    await followed(hub, task)
+    relay.recorder.add(delta(1, "Hello"))
+    hub.wake(task["id"])
+    await wait_for(lambda: b"Hello" in b"".join(chunks), timeout=3)
+    assert not watching.done(), "the stream goes on while the task runs"
+    watching.cancel()
+    relay.reading.cancel()
+
+
 async def test_an_event_read_while_the_follower_has_its_relay_flush_is_not_left_waiting(make_harness, monkeypatch):
     "The relay reads an event while the flush the follower asked for is writing: its wake is kept, for the next batch."
     monkeypatch.setattr(progress, "FLUSH_SECONDS", 3600)
