@@ -69,15 +69,17 @@ def grown_markdown_parts(before: str, text: str) -> tuple[str, str] | None:
 def _finished_block_html(block: str) -> str: return _safe_html(block)
 
 
-def blocks(text: str) -> list[str]:
-    "Markdown cut at the blank lines that surely end a block: outside code fences, not before a continuation."
+@lru_cache(maxsize=64)
+def blocks(text: str) -> tuple[str, ...]:
+    """Markdown cut at the blank lines that surely end a block: outside code fences, not before a continuation. The
+    last texts cut are kept: each batch of a growing answer cuts again the text it grew from (157 µs at 14 KB)."""
     parts = BLANK_LINES.split(text)
     cut, fence = [parts[0]], open_fence(parts[0], None)
     for gap, part in zip(parts[1::2], parts[2::2]):
         if fence or CONTINUES.match(part): cut[-1] += gap + part
         else: cut.append(part)
         fence = open_fence(part, fence)
-    return cut
+    return tuple(cut)
 
 
 def open_fence(text: str, fence: str | None) -> str | None:
