@@ -6,10 +6,9 @@ steps (web searches, file searches, tool calls). Each recorded event's id is the
 OpenAI event it holds, so a relay that dies is resumed by the next one from `starting_after` that id: nothing
 lost, nothing doubled. One follower per task per process follows the log: with the relay in this process, which
 wakes it as soon as it reads an event, it has the relay flush before each batch and takes what the relay recorded
-from the relay; else it polls the log.
-It writes each batch to its viewers' streams itself, formatted once for all of them: a viewer has no task of its
-own to wake. A batch goes at once after a quiet spell, then at most one per PUBLISH_GAP_SECONDS, each one write
-per viewer.
+from the relay; else it polls the log. It writes each batch to its viewers' streams itself, formatted once for all
+of them: a viewer has no task of its own to wake. A batch goes at once after a quiet spell, then at most one per
+PUBLISH_GAP_SECONDS, each one write per viewer.
 The log is a bonus for viewers: the task's end is still recorded by the webhook and by reconcile-on-read.
 """
 import asyncio
@@ -253,12 +252,10 @@ class Follower:
     async def _publish(self) -> bool:
         """Hand the new events to every viewer; True once the task has ended (and `done` was handed). Nothing is
         awaited between moving `state.last` and handing the batch, so a batch is wholly before or after it."""
-        relay = self.hub.relays.get(self.task_id)
-        if relay is not None and not relay.reading.done():
+        if relay := self._relay_here():
             await relay.flush()
             if not relay.recorder.pending: self.woken.clear()  # the flush's own wake: what it recorded is taken below
-        relay_here = relay is not None and not relay.reading.done()
-        if not relay_here: self.task = await self.hub.store.get(self.task_id)
+        if not (relay := self._relay_here()): self.task = await self.hub.store.get(self.task_id)  # it may have ended
         task = self.task
         if task is None:
             for viewer in list(self.viewers): viewer.hand(Batch(self.state.last, b"", True))
@@ -266,7 +263,7 @@ class Follower:
         ended = task["status"] in TERMINAL
         heard, heard_after, self.heard, self.heard_after = self.heard, self.heard_after, [], None
         if heard_after is not None and heard_after <= self.state.last: events = [e for e in heard if e.seq > self.state.last]
-        elif not heard and relay_here and relay.last_recorded <= self.state.last: events = []
+        elif not heard and relay and relay.last_recorded <= self.state.last: events = []
         else: events = [decoded(r) for r in await self.hub.store.progress_after(self.task_id, self.state.last)]
         self.state.apply(events)
         if events or ended:
@@ -275,6 +272,11 @@ class Follower:
                 if viewer.format not in batches: batches[viewer.format] = self._batch(viewer.format, events, task, ended)
                 viewer.hand(batches[viewer.format])
         return ended
+
+    def _relay_here(self) -> Relay | None:
+        "The task's relay in this process, while it reads."
+        relay = self.hub.relays.get(self.task_id)
+        return relay if relay is not None and not relay.reading.done() else None
 
     def _batch(self, format, events: list[ProgressEvent], task: dict, ended: bool) -> "Batch":
         state = self.state
